@@ -1,0 +1,123 @@
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::{Actor, Addr, Handler, Message, SyncArbiter, SyncContext};
+
+use super::{panic_message, ActorError, RequestCtx};
+use crate::db::{DbConn, DbError, DbPool};
+
+/// One unit of database work: a plain function of a connection. Each query
+/// type wraps one function from `db`.
+pub trait DbQuery: Send + 'static {
+    type Output: Send + 'static;
+    /// Dotted name for logs, such as `users.insert`.
+    const NAME: &'static str;
+
+    fn run(self, conn: &mut DbConn) -> Result<Self::Output, DbError>;
+}
+
+/// The message that carries a query to a `DbWorker`, with its request context.
+#[derive(Debug)]
+pub struct Query<Q> {
+    pub ctx: RequestCtx,
+    pub query: Q,
+}
+
+impl<Q> Query<Q> {
+    pub fn new(ctx: RequestCtx, query: Q) -> Self {
+        Self { ctx, query }
+    }
+}
+
+impl<Q: DbQuery> Message for Query<Q> {
+    type Result = Result<Q::Output, ActorError>;
+}
+
+/// Counters shared by the workers of one pool.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub panics: AtomicU64,
+    pub deadline_skips: AtomicU64,
+}
+
+/// A synchronous actor that runs queries on its own thread of the
+/// `SyncArbiter`, on one connection taken from the r2d2 pool. It keeps the
+/// connection between messages and takes a fresh one after a panic or a
+/// broken connection, so the worker itself never dies.
+pub struct DbWorker {
+    pool: DbPool,
+    conn: Option<DbConn>,
+    stats: Arc<WorkerStats>,
+}
+
+impl DbWorker {
+    /// Starts `workers` threads, each with its own `DbWorker`.
+    pub fn start_pool(workers: usize, pool: DbPool, stats: Arc<WorkerStats>) -> Addr<Self> {
+        SyncArbiter::start(workers, move || DbWorker {
+            pool: pool.clone(),
+            conn: None,
+            stats: Arc::clone(&stats),
+        })
+    }
+
+    fn connection(&mut self) -> Result<&mut DbConn, DbError> {
+        match &mut self.conn {
+            Some(conn) => Ok(conn),
+            slot => Ok(slot.insert(self.pool.get()?)),
+        }
+    }
+}
+
+impl Actor for DbWorker {
+    type Context = SyncContext<Self>;
+}
+
+impl<Q: DbQuery> Handler<Query<Q>> for DbWorker {
+    type Result = Result<Q::Output, ActorError>;
+
+    fn handle(&mut self, message: Query<Q>, _: &mut SyncContext<Self>) -> Self::Result {
+        let Query { ctx, query } = message;
+        let _entered = ctx.span.enter();
+
+        if ctx.is_expired() {
+            self.stats.deadline_skips.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                db.op = Q::NAME,
+                "request deadline passed before the query started, skipped"
+            );
+            return Err(ActorError::DeadlineExceeded);
+        }
+
+        let started = Instant::now();
+        let conn = self.connection()?;
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| query.run(conn)));
+        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+
+        match outcome {
+            Ok(Ok(output)) => {
+                tracing::debug!(db.op = Q::NAME, duration_ms, "query finished");
+                Ok(output)
+            }
+            Ok(Err(error)) => {
+                if error.breaks_connection() {
+                    self.conn = None;
+                }
+                Err(ActorError::Db(error))
+            }
+            Err(payload) => {
+                // A connection left inside a transaction is discarded by the
+                // pool on return, which rolls the transaction back.
+                self.conn = None;
+                self.stats.panics.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    db.op = Q::NAME,
+                    panic = panic_message(payload.as_ref()),
+                    "database worker caught a panic and took a fresh connection"
+                );
+                Err(ActorError::Panicked { actor: "db_worker" })
+            }
+        }
+    }
+}

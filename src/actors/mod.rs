@@ -1,0 +1,22 @@
+//! Everything that knows actix: the actors, their messages and the request
+//! context that every message carries.
+//!
+//! - `UserStore` (async, one arbiter, supervised) owns the user cache and
+//!   sends user queries on to the pool.
+//! - `DbWorker` (sync, one thread each in a `SyncArbiter`) owns a database
+//!   connection and runs one query per message.
+
+mod context;
+mod db_worker;
+mod error;
+pub mod queries;
+mod user_store;
+
+pub use context::{RequestCtx, RequestId};
+pub use db_worker::{DbQuery, DbWorker, Query, WorkerStats};
+pub(crate) use error::panic_message;
+pub use error::ActorError;
+pub use user_store::{
+    CreateUser, DeleteUser, GetUser, GetUserWithPosts, ListUsers, PatchUser, ReplaceUser,
+    StoreStats, UserDb, UserQueryHandler, UserStore,
+};

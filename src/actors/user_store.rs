@@ -1,0 +1,403 @@
+use std::num::NonZeroUsize;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use actix::dev::ToEnvelope;
+use actix::fut::{self, ActorFutureExt, WrapFuture};
+use actix::prelude::*;
+use lru::LruCache;
+
+use super::queries::users;
+use super::{panic_message, ActorError, DbQuery, Query, RequestCtx};
+use crate::domain::{
+    DeleteMode, IfMatch, NewUser, Page, PageRequest, User, UserFields, UserFilter, UserId,
+    UserPatch, UserSort, UserWithPosts,
+};
+
+const ACTOR: &str = "user_store";
+
+/// Defines a message to the `UserStore`: its fields and its reply.
+macro_rules! store_message {
+    ($(#[$doc:meta])* $name:ident { $($field:ident: $ty:ty),* $(,)? } -> $output:ty) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $name {
+            pub ctx: RequestCtx,
+            $(pub $field: $ty,)*
+        }
+
+        impl Message for $name {
+            type Result = Result<$output, ActorError>;
+        }
+    };
+}
+
+store_message!(
+    /// Reads one user, from the cache when it is there.
+    GetUser { id: UserId } -> User
+);
+store_message!(
+    /// Reads one user with its posts, always from the database.
+    GetUserWithPosts { id: UserId } -> UserWithPosts
+);
+store_message!(
+    /// Reads one page of users.
+    ListUsers { filter: UserFilter, sort: UserSort, page: PageRequest } -> Page<User>
+);
+store_message!(
+    /// Creates a user and its posts.
+    CreateUser { user: NewUser } -> UserWithPosts
+);
+store_message!(
+    /// Replaces a user's fields.
+    ReplaceUser { id: UserId, fields: UserFields, if_match: Option<IfMatch> } -> User
+);
+store_message!(
+    /// Applies a merge patch to a user.
+    PatchUser { id: UserId, patch: UserPatch, if_match: Option<IfMatch> } -> User
+);
+store_message!(
+    /// Deletes a user and its posts.
+    DeleteUser { id: UserId, mode: DeleteMode, if_match: Option<IfMatch> } -> ()
+);
+
+/// Sent by a write's reply future to its own store after the database has
+/// answered and before the client gets the reply.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct WriteFinished {
+    id: UserId,
+}
+
+/// The database side of the `UserStore`: one recipient per query it sends.
+/// Built from the `DbWorker` pool in production and from a recording
+/// stand-in in tests.
+#[derive(Clone)]
+pub struct UserDb {
+    pub find: Recipient<Query<users::Find>>,
+    pub find_with_posts: Recipient<Query<users::FindWithPosts>>,
+    pub list: Recipient<Query<users::List>>,
+    pub insert: Recipient<Query<users::Insert>>,
+    pub replace: Recipient<Query<users::Replace>>,
+    pub update: Recipient<Query<users::Update>>,
+    pub delete: Recipient<Query<users::Delete>>,
+}
+
+/// An actor that answers every query `UserDb` sends.
+pub trait UserQueryHandler:
+    Actor
+    + Handler<Query<users::Find>>
+    + Handler<Query<users::FindWithPosts>>
+    + Handler<Query<users::List>>
+    + Handler<Query<users::Insert>>
+    + Handler<Query<users::Replace>>
+    + Handler<Query<users::Update>>
+    + Handler<Query<users::Delete>>
+{
+}
+
+impl<A> UserQueryHandler for A where
+    A: Actor
+        + Handler<Query<users::Find>>
+        + Handler<Query<users::FindWithPosts>>
+        + Handler<Query<users::List>>
+        + Handler<Query<users::Insert>>
+        + Handler<Query<users::Replace>>
+        + Handler<Query<users::Update>>
+        + Handler<Query<users::Delete>>
+{
+}
+
+impl UserDb {
+    pub fn new<A>(addr: &Addr<A>) -> Self
+    where
+        A: UserQueryHandler,
+        A::Context: ToEnvelope<A, Query<users::Find>>
+            + ToEnvelope<A, Query<users::FindWithPosts>>
+            + ToEnvelope<A, Query<users::List>>
+            + ToEnvelope<A, Query<users::Insert>>
+            + ToEnvelope<A, Query<users::Replace>>
+            + ToEnvelope<A, Query<users::Update>>
+            + ToEnvelope<A, Query<users::Delete>>,
+    {
+        Self {
+            find: addr.clone().recipient(),
+            find_with_posts: addr.clone().recipient(),
+            list: addr.clone().recipient(),
+            insert: addr.clone().recipient(),
+            replace: addr.clone().recipient(),
+            update: addr.clone().recipient(),
+            delete: addr.clone().recipient(),
+        }
+    }
+}
+
+/// Counters of one `UserStore`, kept across its restarts.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    pub restarts: AtomicU64,
+    pub panics: AtomicU64,
+}
+
+/// The owner of user state. Every user operation passes through it. It runs
+/// on its own arbiter under an `actix::Supervisor` and keeps a bounded LRU
+/// cache of users by id. Reads and writes go on to the `DbWorker` pool as
+/// messages; the store never waits on the database itself, so many requests
+/// are in flight at once.
+///
+/// The cache never serves a user older than the client's last acknowledged
+/// write: a write evicts its user when it starts and again when the database
+/// answers, and a read fills the cache only if no write started or finished
+/// while it was in flight (`generation` counts those events).
+pub struct UserStore {
+    db: UserDb,
+    capacity: NonZeroUsize,
+    cache: LruCache<UserId, User>,
+    generation: u64,
+    stats: Arc<StoreStats>,
+}
+
+impl UserStore {
+    pub fn new(db: UserDb, capacity: NonZeroUsize, stats: Arc<StoreStats>) -> Self {
+        Self {
+            db,
+            capacity,
+            cache: LruCache::new(capacity),
+            generation: 0,
+            stats,
+        }
+    }
+
+    /// Starts the store on `arbiter`, supervised.
+    pub fn start_supervised(
+        arbiter: &ArbiterHandle,
+        db: UserDb,
+        capacity: NonZeroUsize,
+        stats: Arc<StoreStats>,
+    ) -> Addr<Self> {
+        Supervisor::start_in_arbiter(arbiter, move |_| UserStore::new(db, capacity, stats))
+    }
+
+    fn evict(&mut self, id: UserId) {
+        self.cache.pop(&id);
+        self.generation += 1;
+    }
+
+    /// Runs a handler body, turning a panic into an error reply and a
+    /// restart with fresh state.
+    fn guarded<R>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        message: &'static str,
+        body: impl FnOnce(&mut Self, &mut Context<Self>) -> R,
+        on_panic: impl FnOnce() -> R,
+    ) -> R {
+        match panic::catch_unwind(AssertUnwindSafe(|| body(self, ctx))) {
+            Ok(reply) => reply,
+            Err(payload) => {
+                self.stats.panics.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    message,
+                    panic = panic_message(payload.as_ref()),
+                    "user store caught a panic and is restarting with fresh state"
+                );
+                ctx.stop();
+                on_panic()
+            }
+        }
+    }
+
+    /// Sends a write and evicts `id` around it. The reply future does not
+    /// belong to the actor's context, so a restart of the store cannot cut
+    /// off the reply of a write that the database has already committed.
+    fn write<Q>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        id: Option<UserId>,
+        recipient: &Recipient<Query<Q>>,
+        request: Query<Q>,
+    ) -> ResponseFuture<Result<Q::Output, ActorError>>
+    where
+        Q: DbQuery,
+        Query<Q>: Message<Result = Result<Q::Output, ActorError>>,
+    {
+        if let Some(id) = id {
+            self.evict(id);
+        }
+        let reply = recipient.send(request);
+        let store = ctx.address();
+        Box::pin(async move {
+            let result = ActorError::flatten("db_worker", reply.await);
+            if let Some(id) = id {
+                // If the store is restarting it has dropped its cache anyway.
+                let _ = store.send(WriteFinished { id }).await;
+            }
+            result
+        })
+    }
+}
+
+impl Actor for UserStore {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        tracing::debug!(cache.capacity = self.capacity.get(), "user store started");
+    }
+}
+
+impl Supervised for UserStore {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.stats.restarts.fetch_add(1, Ordering::Relaxed);
+        self.cache = LruCache::new(self.capacity);
+        self.generation = 0;
+        tracing::warn!("user store restarted with an empty cache");
+    }
+}
+
+impl Handler<WriteFinished> for UserStore {
+    type Result = ();
+
+    fn handle(&mut self, message: WriteFinished, _: &mut Context<Self>) {
+        self.evict(message.id);
+    }
+}
+
+impl Handler<GetUser> for UserStore {
+    type Result = ResponseActFuture<Self, Result<User, ActorError>>;
+
+    fn handle(&mut self, message: GetUser, ctx: &mut Context<Self>) -> Self::Result {
+        let on_panic =
+            || Box::pin(fut::ready(Err(ActorError::Panicked { actor: ACTOR }))) as Self::Result;
+        self.guarded(ctx, "get_user", |store, _| {
+            let GetUser { ctx: request, id } = message;
+            let span = request.span.clone();
+            let _entered = span.enter();
+
+            if let Some(user) = store.cache.get(&id) {
+                tracing::debug!(user.id = %id, "user cache hit");
+                return Box::pin(fut::ready(Ok(user.clone()))) as Self::Result;
+            }
+
+            let generation = store.generation;
+            let span = span.clone();
+            let reply = store.db.find.send(Query::new(request, users::Find { id }));
+            Box::pin(reply.into_actor(store).map(move |delivery, store, _| {
+                let result = ActorError::flatten("db_worker", delivery);
+                if let Ok(user) = &result {
+                    if store.generation == generation {
+                        store.cache.put(id, user.clone());
+                    } else {
+                        let _entered = span.enter();
+                        tracing::debug!(user.id = %id, "user changed while it was read, not cached");
+                    }
+                }
+                result
+            }))
+        }, on_panic)
+    }
+}
+
+/// Forwards a read that bypasses the cache.
+macro_rules! forward_read {
+    ($message:ty, $recipient:ident, |$m:ident| $query:expr, $output:ty) => {
+        impl Handler<$message> for UserStore {
+            type Result = ResponseFuture<Result<$output, ActorError>>;
+
+            fn handle(&mut self, $m: $message, _: &mut Context<Self>) -> Self::Result {
+                let request = $m.ctx.clone();
+                let reply = self.db.$recipient.send(Query::new(request, $query));
+                Box::pin(async move { ActorError::flatten("db_worker", reply.await) })
+            }
+        }
+    };
+}
+
+forward_read!(
+    GetUserWithPosts,
+    find_with_posts,
+    |m| users::FindWithPosts { id: m.id },
+    UserWithPosts
+);
+forward_read!(
+    ListUsers,
+    list,
+    |m| users::List {
+        filter: m.filter,
+        sort: m.sort,
+        page: m.page
+    },
+    Page<User>
+);
+
+impl Handler<CreateUser> for UserStore {
+    type Result = ResponseFuture<Result<UserWithPosts, ActorError>>;
+
+    fn handle(&mut self, message: CreateUser, ctx: &mut Context<Self>) -> Self::Result {
+        let db = self.db.insert.clone();
+        let query = Query::new(message.ctx, users::Insert { user: message.user });
+        self.write(ctx, None, &db, query)
+    }
+}
+
+impl Handler<ReplaceUser> for UserStore {
+    type Result = ResponseFuture<Result<User, ActorError>>;
+
+    fn handle(&mut self, message: ReplaceUser, ctx: &mut Context<Self>) -> Self::Result {
+        let ReplaceUser {
+            ctx: request,
+            id,
+            fields,
+            if_match,
+        } = message;
+        let db = self.db.replace.clone();
+        let query = Query::new(
+            request,
+            users::Replace {
+                id,
+                fields,
+                if_match,
+            },
+        );
+        self.write(ctx, Some(id), &db, query)
+    }
+}
+
+impl Handler<PatchUser> for UserStore {
+    type Result = ResponseFuture<Result<User, ActorError>>;
+
+    fn handle(&mut self, message: PatchUser, ctx: &mut Context<Self>) -> Self::Result {
+        let PatchUser {
+            ctx: request,
+            id,
+            patch,
+            if_match,
+        } = message;
+        let db = self.db.update.clone();
+        let query = Query::new(
+            request,
+            users::Update {
+                id,
+                patch,
+                if_match,
+            },
+        );
+        self.write(ctx, Some(id), &db, query)
+    }
+}
+
+impl Handler<DeleteUser> for UserStore {
+    type Result = ResponseFuture<Result<(), ActorError>>;
+
+    fn handle(&mut self, message: DeleteUser, ctx: &mut Context<Self>) -> Self::Result {
+        let DeleteUser {
+            ctx: request,
+            id,
+            mode,
+            if_match,
+        } = message;
+        let db = self.db.delete.clone();
+        let query = Query::new(request, users::Delete { id, mode, if_match });
+        self.write(ctx, Some(id), &db, query)
+    }
+}

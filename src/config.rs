@@ -1,0 +1,279 @@
+//! Command line and environment configuration, read only here. Every
+//! setting has a flag and an environment variable; flags win.
+//!
+//! | variable | default | meaning |
+//! | --- | --- | --- |
+//! | `TROUPE_BIND` | `127.0.0.1:8080` | HTTP listen address (port 0 picks a free port) |
+//! | `DATABASE_URL` | `./troupe.db` | SQLite file path, or a `postgres://` URL |
+//! | `TROUPE_DB_POOL_SIZE` | 4 | connections in the pool |
+//! | `TROUPE_DB_WORKERS` | 4 | `DbWorker` threads, at most the pool size |
+//! | `TROUPE_DB_CONNECT_TIMEOUT_MS` | 5000 | wait for a pooled connection |
+//! | `TROUPE_SQLITE_BUSY_TIMEOUT_MS` | 5000 | SQLite wait for another writer |
+//! | `TROUPE_REQUEST_TIMEOUT_MS` | 10000 | budget of one request's database work |
+//! | `TROUPE_BODY_LIMIT_BYTES` | 65536 | largest accepted request body |
+//! | `TROUPE_CACHE_CAPACITY` | 10000 | users kept in the user-store cache |
+//! | `TROUPE_HTTP_WORKERS` | cores | HTTP worker threads |
+//! | `TROUPE_LOG_FORMAT` | `pretty` | `pretty` or `json` |
+//! | `TROUPE_LOG` | `info` | level or `tracing` filter directives |
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::db::{DatabaseUrl, PoolSettings};
+
+pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
+const DEFAULT_PORT: u16 = 8080;
+pub const DEFAULT_DATABASE_URL: &str = "./troupe.db";
+pub const DEFAULT_DB_POOL_SIZE: u32 = 4;
+pub const DEFAULT_DB_WORKERS: u32 = 4;
+pub const DEFAULT_DB_CONNECT_TIMEOUT_MS: u64 = 5000;
+pub const DEFAULT_SQLITE_BUSY_TIMEOUT_MS: u64 = 5000;
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_BODY_LIMIT_BYTES: u64 = 64 * 1024;
+pub const DEFAULT_CACHE_CAPACITY: NonZeroUsize = match NonZeroUsize::new(10_000) {
+    Some(capacity) => capacity,
+    None => NonZeroUsize::MIN,
+};
+
+/// troupe: an actor-based users-and-posts REST service.
+#[derive(Debug, Parser)]
+#[command(name = "troupe", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply pending migrations and serve HTTP (the default).
+    Serve(ServeArgs),
+    /// Manage the database schema.
+    Migrate {
+        #[command(subcommand)]
+        action: Option<MigrateAction>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Subcommand, PartialEq, Eq)]
+pub enum MigrateAction {
+    /// Apply every pending migration (the default).
+    Run,
+    /// Revert the most recently applied migration.
+    Revert,
+    /// List migrations and whether each is applied.
+    Status,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// Database: an SQLite file path (created if missing; `sqlite://` prefix
+    /// optional) or a `postgres://` / `postgresql://` URL.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true,
+          value_parser = parse_database_url, hide_env_values = true)]
+    pub database_url: DatabaseUrl,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log output format.
+    #[arg(long, env = "TROUPE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
+    pub log_format: LogFormat,
+
+    /// Log level (`error`, `warn`, `info`, `debug`, `trace`) or `tracing`
+    /// filter directives such as `info,troupe::actors=debug`.
+    #[arg(long, env = "TROUPE_LOG", default_value = "info", global = true)]
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, env = "TROUPE_BIND", default_value = DEFAULT_BIND)]
+    pub bind: SocketAddr,
+
+    /// Database connections in the pool (at least the worker count).
+    #[arg(long, env = "TROUPE_DB_POOL_SIZE", default_value_t = DEFAULT_DB_POOL_SIZE,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub db_pool_size: u32,
+
+    /// Database worker threads, each holding one pooled connection.
+    #[arg(long, env = "TROUPE_DB_WORKERS", default_value_t = DEFAULT_DB_WORKERS,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub db_workers: u32,
+
+    /// Milliseconds to wait for a database connection before failing.
+    #[arg(long, env = "TROUPE_DB_CONNECT_TIMEOUT_MS", default_value_t = DEFAULT_DB_CONNECT_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub db_connect_timeout_ms: u64,
+
+    /// Milliseconds an SQLite connection waits for another writer's lock.
+    #[arg(long, env = "TROUPE_SQLITE_BUSY_TIMEOUT_MS", default_value_t = DEFAULT_SQLITE_BUSY_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub sqlite_busy_timeout_ms: u64,
+
+    /// Milliseconds a request may wait for its database work to start;
+    /// after that it gets 503 and nothing is applied.
+    #[arg(long, env = "TROUPE_REQUEST_TIMEOUT_MS", default_value_t = DEFAULT_REQUEST_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub request_timeout_ms: u64,
+
+    /// Largest request body in bytes; larger bodies get 413.
+    #[arg(long, env = "TROUPE_BODY_LIMIT_BYTES", default_value_t = DEFAULT_BODY_LIMIT_BYTES,
+          value_parser = clap::value_parser!(u64).range(1..=67_108_864))]
+    pub body_limit_bytes: u64,
+
+    /// Users kept in the user-store cache.
+    #[arg(long, env = "TROUPE_CACHE_CAPACITY", default_value_t = DEFAULT_CACHE_CAPACITY)]
+    pub cache_capacity: NonZeroUsize,
+
+    /// HTTP worker threads (default: one per CPU core).
+    #[arg(long, env = "TROUPE_HTTP_WORKERS",
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub http_workers: Option<u32>,
+}
+
+impl Default for ServeArgs {
+    /// The documented defaults, the same that clap applies.
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            db_pool_size: DEFAULT_DB_POOL_SIZE,
+            db_workers: DEFAULT_DB_WORKERS,
+            db_connect_timeout_ms: DEFAULT_DB_CONNECT_TIMEOUT_MS,
+            sqlite_busy_timeout_ms: DEFAULT_SQLITE_BUSY_TIMEOUT_MS,
+            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            body_limit_bytes: DEFAULT_BODY_LIMIT_BYTES,
+            cache_capacity: DEFAULT_CACHE_CAPACITY,
+            http_workers: None,
+        }
+    }
+}
+
+fn parse_database_url(raw: &str) -> Result<DatabaseUrl, String> {
+    DatabaseUrl::parse(raw).map_err(|e| e.to_string())
+}
+
+/// Validated settings of the `serve` command.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub bind: SocketAddr,
+    pub database_url: DatabaseUrl,
+    pub pool: PoolSettings,
+    pub db_workers: usize,
+    pub request_timeout: Duration,
+    pub body_limit: usize,
+    pub cache_capacity: NonZeroUsize,
+    pub http_workers: Option<usize>,
+}
+
+/// A combination of settings that cannot work together.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error(
+        "--db-workers (TROUPE_DB_WORKERS) is {workers} but --db-pool-size \
+         (TROUPE_DB_POOL_SIZE) is {pool}; each worker holds one connection, \
+         so the pool must be at least as large"
+    )]
+    PoolSmallerThanWorkers { workers: u32, pool: u32 },
+}
+
+impl Settings {
+    pub fn new(database_url: DatabaseUrl, serve: &ServeArgs) -> Result<Self, ConfigError> {
+        if serve.db_workers > serve.db_pool_size {
+            return Err(ConfigError::PoolSmallerThanWorkers {
+                workers: serve.db_workers,
+                pool: serve.db_pool_size,
+            });
+        }
+        Ok(Self {
+            bind: serve.bind,
+            database_url,
+            pool: PoolSettings {
+                max_size: serve.db_pool_size,
+                connection_timeout: Duration::from_millis(serve.db_connect_timeout_ms),
+                sqlite_busy_timeout: Duration::from_millis(serve.sqlite_busy_timeout_ms),
+            },
+            db_workers: serve.db_workers as usize,
+            request_timeout: Duration::from_millis(serve.request_timeout_ms),
+            body_limit: serve.body_limit_bytes as usize,
+            cache_capacity: serve.cache_capacity,
+            http_workers: serve.http_workers.map(|n| n as usize),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("troupe").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn default_matches_clap_defaults() {
+        let Ok(Cli {
+            command: Some(Command::Serve(parsed)),
+            ..
+        }) = parse(&["serve"])
+        else {
+            panic!("`troupe serve` should parse");
+        };
+        let default = ServeArgs::default();
+        assert_eq!(format!("{parsed:?}"), format!("{default:?}"));
+        assert_eq!(default.bind.to_string(), DEFAULT_BIND);
+    }
+
+    #[test]
+    fn invalid_values_name_the_setting() {
+        let cases = [
+            (vec!["serve", "--db-pool-size", "0"], "--db-pool-size"),
+            (vec!["serve", "--bind", "nowhere"], "--bind"),
+            (
+                vec!["serve", "--request-timeout-ms", "soon"],
+                "--request-timeout-ms",
+            ),
+            (vec!["--database-url", ":memory:"], "--database-url"),
+            (vec!["--log-format", "xml"], "--log-format"),
+        ];
+        for (args, setting) in cases {
+            let error = parse(&args)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(error.contains(setting), "{args:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn pool_must_cover_workers() {
+        let serve = ServeArgs {
+            db_workers: 8,
+            db_pool_size: 4,
+            ..ServeArgs::default()
+        };
+        let url = DatabaseUrl::Sqlite("x.db".into());
+        let error = Settings::new(url, &serve)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("TROUPE_DB_WORKERS"), "{error}");
+    }
+}

@@ -1,0 +1,67 @@
+//! The one place where Diesel and r2d2 errors become domain outcomes.
+
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+
+/// Why a database operation did not produce its value.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("no such resource")]
+    NotFound,
+    /// The only unique index besides the primary keys is the one on the
+    /// email of users that are not deleted.
+    #[error("email already taken")]
+    EmailTaken,
+    #[error("entity tag does not match the current version")]
+    PreconditionFailed,
+    /// The database could not be reached, or a connection could not be taken
+    /// from the pool within the connection timeout.
+    #[error("database unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The database is locked or could not serialize the transaction; the
+    /// transaction was rolled back, so retrying is safe.
+    #[error("database busy")]
+    Busy(#[source] DieselError),
+    #[error("query failed")]
+    Query(#[source] DieselError),
+}
+
+impl DbError {
+    /// Tells whether the connection that produced this error must not be
+    /// used again.
+    pub fn breaks_connection(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+impl From<DieselError> for DbError {
+    fn from(error: DieselError) -> Self {
+        match error {
+            DieselError::NotFound => Self::NotFound,
+            DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => Self::EmailTaken,
+            // A row that a foreign key points at was hard-deleted meanwhile.
+            DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => Self::NotFound,
+            DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
+                Self::Unavailable(Box::new(error))
+            }
+            DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => {
+                Self::Busy(error)
+            }
+            DieselError::DatabaseError(_, ref info) if is_sqlite_busy(info.message()) => {
+                Self::Busy(error)
+            }
+            DieselError::BrokenTransactionManager => Self::Unavailable(Box::new(error)),
+            other => Self::Query(other),
+        }
+    }
+}
+
+impl From<r2d2::Error> for DbError {
+    fn from(error: r2d2::Error) -> Self {
+        Self::Unavailable(Box::new(error))
+    }
+}
+
+/// SQLite reports SQLITE_BUSY and SQLITE_LOCKED only through the message.
+fn is_sqlite_busy(message: &str) -> bool {
+    message.contains("database is locked") || message.contains("database table is locked")
+}

@@ -1,0 +1,150 @@
+//! Embedded migrations, one directory per backend, in the diesel CLI's
+//! format, so `diesel migration run` and troupe apply the same files.
+
+use diesel::migration::MigrationSource;
+use diesel::pg::{Pg, PgConnection};
+use diesel::prelude::*;
+use diesel::sqlite::{Sqlite, SqliteConnection};
+use diesel::RunQueryDsl;
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use super::{DatabaseUrl, DbConn};
+
+pub const POSTGRES: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+pub const SQLITE: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+/// Key of the PostgreSQL advisory lock that serialises migrations, so
+/// several instances can start at once. The bytes spell "troupemi".
+const MIGRATION_LOCK_KEY: i64 = 0x7472_6f75_7065_6d69;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A failed migration step, with the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{action} failed")]
+pub struct MigrationError {
+    action: &'static str,
+    #[source]
+    source: BoxError,
+}
+
+impl MigrationError {
+    fn new(action: &'static str) -> impl FnOnce(BoxError) -> Self {
+        move |source| Self { action, source }
+    }
+}
+
+/// Whether one migration has been applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationStatus {
+    pub version: String,
+    pub applied: bool,
+}
+
+/// A connection used only for migrations, outside the pool.
+enum MigrationConn {
+    Pg(PgConnection),
+    Sqlite(SqliteConnection),
+}
+
+fn establish(url: &DatabaseUrl) -> Result<MigrationConn, MigrationError> {
+    let connect = MigrationError::new("connecting to the database");
+    match url {
+        DatabaseUrl::Postgres(raw) => PgConnection::establish(raw)
+            .map(MigrationConn::Pg)
+            .map_err(|e| connect(Box::new(e))),
+        DatabaseUrl::Sqlite(_) => SqliteConnection::establish(&url.connection_string())
+            .map(MigrationConn::Sqlite)
+            .map_err(|e| connect(Box::new(e))),
+    }
+}
+
+/// Holds the advisory lock while `f` runs on PostgreSQL.
+fn with_pg_lock<T>(
+    conn: &mut PgConnection,
+    f: impl FnOnce(&mut PgConnection) -> Result<T, BoxError>,
+) -> Result<T, BoxError> {
+    diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")).execute(conn)?;
+    let result = f(conn);
+    diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")).execute(conn)?;
+    result
+}
+
+/// Applies every pending migration and returns the versions applied.
+pub fn run_pending(url: &DatabaseUrl) -> Result<Vec<String>, MigrationError> {
+    let applied = match establish(url)? {
+        MigrationConn::Pg(mut conn) => with_pg_lock(&mut conn, |conn| {
+            let versions = conn.run_pending_migrations(POSTGRES)?;
+            Ok(versions.iter().map(ToString::to_string).collect())
+        }),
+        MigrationConn::Sqlite(mut conn) => conn
+            .run_pending_migrations(SQLITE)
+            .map(|versions| versions.iter().map(ToString::to_string).collect()),
+    };
+    applied.map_err(MigrationError::new("applying migrations"))
+}
+
+/// Reverts the most recently applied migration and returns its version.
+pub fn revert_last(url: &DatabaseUrl) -> Result<String, MigrationError> {
+    let reverted = match establish(url)? {
+        MigrationConn::Pg(mut conn) => with_pg_lock(&mut conn, |conn| {
+            Ok(conn.revert_last_migration(POSTGRES)?.to_string())
+        }),
+        MigrationConn::Sqlite(mut conn) => conn
+            .revert_last_migration(SQLITE)
+            .map(|version| version.to_string()),
+    };
+    reverted.map_err(MigrationError::new("reverting the last migration"))
+}
+
+/// Lists every embedded migration with whether it has been applied.
+pub fn status(url: &DatabaseUrl) -> Result<Vec<MigrationStatus>, MigrationError> {
+    let read = MigrationError::new("reading migration status");
+    let statuses = match establish(url)? {
+        MigrationConn::Pg(mut conn) => statuses::<Pg, _>(&mut conn, POSTGRES),
+        MigrationConn::Sqlite(mut conn) => statuses::<Sqlite, _>(&mut conn, SQLITE),
+    };
+    statuses.map_err(read)
+}
+
+fn statuses<DB, C>(
+    conn: &mut C,
+    source: EmbeddedMigrations,
+) -> Result<Vec<MigrationStatus>, BoxError>
+where
+    DB: diesel::backend::Backend,
+    C: MigrationHarness<DB>,
+    EmbeddedMigrations: MigrationSource<DB>,
+{
+    let applied: Vec<String> = conn
+        .applied_migrations()?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let mut statuses: Vec<MigrationStatus> = MigrationSource::<DB>::migrations(&source)?
+        .iter()
+        .map(|migration| {
+            let version = migration.name().version().to_string();
+            let applied = applied.contains(&version);
+            MigrationStatus { version, applied }
+        })
+        .collect();
+    statuses.sort_by(|a, b| a.version.cmp(&b.version));
+    Ok(statuses)
+}
+
+/// Tells whether every embedded migration has been applied, using a pooled
+/// connection; readiness checks call this through a worker.
+pub fn all_applied(conn: &mut DbConn) -> Result<bool, BoxError> {
+    let pending = match conn {
+        DbConn::Pg(pooled) => {
+            let c: &mut PgConnection = pooled;
+            c.has_pending_migration(POSTGRES)?
+        }
+        DbConn::Sqlite(pooled) => {
+            let c: &mut SqliteConnection = pooled;
+            c.has_pending_migration(SQLITE)?
+        }
+    };
+    Ok(!pending)
+}

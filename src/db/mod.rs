@@ -1,0 +1,145 @@
+//! Everything that knows Diesel: the schema, row types, connection pools,
+//! migrations, the query functions and the mapping of Diesel errors.
+//!
+//! Query functions take a `&mut DbConn` and are written once: `with_conn!`
+//! expands their body for each backend, so each copy is type-checked against
+//! its own backend and can use what that backend offers.
+
+mod dialect;
+mod error;
+pub mod migrations;
+mod models;
+pub mod posts;
+mod schema;
+mod url;
+pub mod users;
+
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::pg::PgConnection;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
+use diesel::sqlite::SqliteConnection;
+
+pub use error::DbError;
+pub use url::{DatabaseUrl, InvalidDatabaseUrl};
+
+/// Runs `$body` with `$c` bound to the concrete connection of either backend.
+macro_rules! with_conn {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            $crate::db::DbConn::Pg(pooled) => {
+                let $c: &mut diesel::pg::PgConnection = &mut *pooled;
+                $body
+            }
+            $crate::db::DbConn::Sqlite(pooled) => {
+                let $c: &mut diesel::sqlite::SqliteConnection = &mut *pooled;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_conn;
+
+/// A connection checked out of the pool, for either backend.
+pub enum DbConn {
+    Pg(PooledConnection<ConnectionManager<PgConnection>>),
+    Sqlite(PooledConnection<ConnectionManager<SqliteConnection>>),
+}
+
+/// Connection pool settings, all validated by the configuration.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_size: u32,
+    pub connection_timeout: Duration,
+    /// How long an SQLite connection waits for another writer's lock.
+    pub sqlite_busy_timeout: Duration,
+}
+
+/// The r2d2 pool of one backend. Cloning shares the pool.
+#[derive(Clone)]
+pub enum DbPool {
+    Pg(Pool<ConnectionManager<PgConnection>>),
+    Sqlite(Pool<ConnectionManager<SqliteConnection>>),
+}
+
+impl DbPool {
+    /// Builds the pool and opens its first connections, so a database that
+    /// cannot be reached fails start-up instead of the first request.
+    pub fn connect(url: &DatabaseUrl, settings: &PoolSettings) -> Result<Self, r2d2::Error> {
+        match url {
+            DatabaseUrl::Postgres(raw) => {
+                let pool = pool_builder(settings)
+                    .connection_customizer(Box::new(PgSession))
+                    .build(ConnectionManager::new(raw))?;
+                Ok(Self::Pg(pool))
+            }
+            DatabaseUrl::Sqlite(_) => {
+                let pool = pool_builder(settings)
+                    .connection_customizer(Box::new(SqliteSession {
+                        busy_timeout: settings.sqlite_busy_timeout,
+                    }))
+                    .build(ConnectionManager::new(url.connection_string()))?;
+                Ok(Self::Sqlite(pool))
+            }
+        }
+    }
+
+    /// Takes a connection, waiting at most the pool's connection timeout.
+    pub fn get(&self) -> Result<DbConn, DbError> {
+        match self {
+            Self::Pg(pool) => Ok(DbConn::Pg(pool.get()?)),
+            Self::Sqlite(pool) => Ok(DbConn::Sqlite(pool.get()?)),
+        }
+    }
+
+    /// Connections open in the pool and how many of them are idle.
+    pub fn state(&self) -> r2d2::State {
+        match self {
+            Self::Pg(pool) => pool.state(),
+            Self::Sqlite(pool) => pool.state(),
+        }
+    }
+}
+
+fn pool_builder<C>(settings: &PoolSettings) -> r2d2::Builder<ConnectionManager<C>>
+where
+    C: diesel::r2d2::R2D2Connection + 'static,
+{
+    Pool::builder()
+        .max_size(settings.max_size)
+        .connection_timeout(settings.connection_timeout)
+}
+
+/// Session settings for every PostgreSQL connection. Timestamps are bound as
+/// `timestamp` values in UTC and stored in `timestamptz` columns; the
+/// conversion uses the session time zone, so it must be UTC.
+#[derive(Debug)]
+struct PgSession;
+
+impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for PgSession {
+    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute("SET TIME ZONE 'UTC'")
+            .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+/// Pragmas for every SQLite connection: foreign keys on, a busy timeout so
+/// writers queue instead of failing, WAL so readers never block the writer,
+/// and full fsync on commit so an acknowledged write survives power loss.
+#[derive(Debug)]
+struct SqliteSession {
+    busy_timeout: Duration,
+}
+
+impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqliteSession {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        let pragmas = format!(
+            "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; \
+             PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+            self.busy_timeout.as_millis()
+        );
+        conn.batch_execute(&pragmas)
+            .map_err(diesel::r2d2::Error::QueryError)
+    }
+}

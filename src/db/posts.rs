@@ -1,0 +1,175 @@
+//! Queries on posts. Every function sees only posts that are not deleted;
+//! deleting a user deletes its posts in the same transaction, so a visible
+//! post always belongs to a visible user.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use super::dialect::Dialect;
+use super::models::{NewPostRow, PostChanges, PostRow};
+use super::schema::{posts, users};
+use super::users::check_precondition;
+use super::{with_conn, DbConn, DbError};
+use crate::domain::{
+    DeleteMode, Direction, IfMatch, NewPost, Page, PageRequest, Post, PostFilter, PostId,
+    PostPatch, PostSort, UserId,
+};
+
+pub fn find(conn: &mut DbConn, id: PostId) -> Result<Post, DbError> {
+    with_conn!(conn, c => {
+        posts::table
+            .find(id.get())
+            .filter(posts::deleted_at.is_null())
+            .select(PostRow::as_select())
+            .first(c)
+            .map(Post::from)
+            .map_err(DbError::from)
+    })
+}
+
+/// Lists posts. With `require_user`, a missing or deleted user is
+/// `NotFound` rather than an empty page.
+pub fn list(
+    conn: &mut DbConn,
+    filter: PostFilter,
+    require_user: bool,
+    sort: PostSort,
+    page: PageRequest,
+) -> Result<Page<Post>, DbError> {
+    macro_rules! filtered {
+        () => {{
+            let mut query = posts::table
+                .filter(posts::deleted_at.is_null())
+                .into_boxed();
+            if let Some(user_id) = filter.user_id {
+                query = query.filter(posts::user_id.eq(user_id.get()));
+            }
+            query
+        }};
+    }
+
+    with_conn!(conn, c => c.transaction(|c| {
+        if let (true, Some(user_id)) = (require_user, filter.user_id) {
+            let live: i64 = users::table
+                .find(user_id.get())
+                .filter(users::deleted_at.is_null())
+                .count()
+                .get_result(c)?;
+            if live == 0 {
+                return Err(DbError::NotFound);
+            }
+        }
+
+        let total: i64 = filtered!().count().get_result(c)?;
+        let query = filtered!().select(PostRow::as_select());
+        let query = match sort {
+            PostSort::Id(Direction::Ascending) => query.order(posts::id.asc()),
+            PostSort::Id(Direction::Descending) => query.order(posts::id.desc()),
+            PostSort::Title(Direction::Ascending) => query.order((posts::title.asc(), posts::id.asc())),
+            PostSort::Title(Direction::Descending) => {
+                query.order((posts::title.desc(), posts::id.desc()))
+            }
+            PostSort::CreatedAt(Direction::Ascending) => {
+                query.order((posts::created_at.asc(), posts::id.asc()))
+            }
+            PostSort::CreatedAt(Direction::Descending) => {
+                query.order((posts::created_at.desc(), posts::id.desc()))
+            }
+        };
+        let items = query
+            .limit(page.limit())
+            .offset(page.offset())
+            .load(c)?
+            .into_iter()
+            .map(Post::from)
+            .collect();
+        Ok(Page { items, total })
+    }))
+}
+
+/// Inserts a post for a user that exists and is not deleted. The user row is
+/// locked meanwhile, so a concurrent delete cannot leave the new post behind.
+pub fn insert(
+    conn: &mut DbConn,
+    user_id: UserId,
+    post: &NewPost,
+    now: NaiveDateTime,
+) -> Result<Post, DbError> {
+    let row = NewPostRow {
+        user_id: user_id.get(),
+        title: post.title.as_str(),
+        content: post.content.as_str(),
+        created_at: now,
+        updated_at: now,
+    };
+
+    with_conn!(conn, c => c.write_transaction(|c| {
+        c.lock_live_user(user_id.get())?.ok_or(DbError::NotFound)?;
+        diesel::insert_into(posts::table)
+            .values(&row)
+            .returning(PostRow::as_returning())
+            .get_result(c)
+            .map(Post::from)
+            .map_err(DbError::from)
+    }))
+}
+
+/// Applies a merge patch; a full replacement is a patch with every field.
+/// An empty patch changes nothing and returns the post as it is.
+pub fn update(
+    conn: &mut DbConn,
+    id: PostId,
+    patch: &PostPatch,
+    if_match: Option<&IfMatch>,
+    now: NaiveDateTime,
+) -> Result<Post, DbError> {
+    with_conn!(conn, c => c.write_transaction(|c| {
+        let current = c.lock_live_post(id.get())?.ok_or(DbError::NotFound)?;
+        check_precondition(if_match, current.version)?;
+        if patch.is_empty() {
+            return Ok(Post::from(current));
+        }
+
+        let changes = PostChanges {
+            title: patch.title.as_ref().map(|title| title.as_str()),
+            content: patch.content.as_ref().map(|content| content.as_str()),
+            version: current.version + 1,
+            updated_at: now,
+        };
+        diesel::update(posts::table.find(id.get()))
+            .set(&changes)
+            .returning(PostRow::as_returning())
+            .get_result(c)
+            .map(Post::from)
+            .map_err(DbError::from)
+    }))
+}
+
+pub fn delete(
+    conn: &mut DbConn,
+    id: PostId,
+    mode: DeleteMode,
+    if_match: Option<&IfMatch>,
+    now: NaiveDateTime,
+) -> Result<(), DbError> {
+    with_conn!(conn, c => c.write_transaction(|c| {
+        let current = c.lock_live_post(id.get())?.ok_or(DbError::NotFound)?;
+        check_precondition(if_match, current.version)?;
+
+        match mode {
+            DeleteMode::Soft => {
+                diesel::update(posts::table.find(id.get()))
+                    .set((
+                        posts::deleted_at.eq(now),
+                        posts::version.eq(current.version + 1),
+                        posts::updated_at.eq(now),
+                    ))
+                    .execute(c)?;
+            }
+            DeleteMode::Hard => {
+                diesel::delete(posts::table.find(id.get())).execute(c)?;
+            }
+        }
+        Ok(())
+    }))
+}

@@ -1,0 +1,167 @@
+use std::fmt;
+use std::path::PathBuf;
+
+/// Where the data lives: a PostgreSQL server or an SQLite file.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Postgres(String),
+    Sqlite(PathBuf),
+}
+
+/// A `DATABASE_URL` that troupe cannot use.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InvalidDatabaseUrl {
+    #[error("DATABASE_URL is empty; give an SQLite file path or a postgres:// URL")]
+    Empty,
+    #[error(
+        "DATABASE_URL points at an in-memory SQLite database, which every pooled \
+         connection would see as a separate empty database; give a file path instead"
+    )]
+    InMemory,
+}
+
+impl DatabaseUrl {
+    /// Reads `postgres://` and `postgresql://` URLs as PostgreSQL and anything
+    /// else as an SQLite file path, with an optional `sqlite://` or `sqlite:`
+    /// prefix.
+    pub fn parse(raw: &str) -> Result<Self, InvalidDatabaseUrl> {
+        let raw = raw.trim();
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            return Ok(Self::Postgres(raw.to_owned()));
+        }
+
+        let path = raw
+            .strip_prefix("sqlite://")
+            .or_else(|| raw.strip_prefix("sqlite:"))
+            .unwrap_or(raw);
+        if path.is_empty() {
+            return Err(InvalidDatabaseUrl::Empty);
+        }
+        let in_memory =
+            path == ":memory:" || path.starts_with("file::memory:") || path.contains("mode=memory");
+        if in_memory {
+            return Err(InvalidDatabaseUrl::InMemory);
+        }
+        Ok(Self::Sqlite(PathBuf::from(path)))
+    }
+
+    /// Returns the URL or path in the form Diesel connects with.
+    pub fn connection_string(&self) -> String {
+        match self {
+            Self::Postgres(url) => url.clone(),
+            Self::Sqlite(path) => path.to_string_lossy().into_owned(),
+        }
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Self::Postgres(_) => "postgres",
+            Self::Sqlite(_) => "sqlite",
+        }
+    }
+}
+
+/// Shows the URL with any password replaced by `***`, so it is safe to log.
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Postgres(url) => f.write_str(&redact_password(url)),
+            Self::Sqlite(path) => {
+                let absolute = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+                write!(f, "sqlite://{}", absolute.display())
+            }
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Replaces the password in `scheme://user:password@host` and in a
+/// `password=` query parameter.
+fn redact_password(url: &str) -> String {
+    let mut redacted = url.to_owned();
+
+    if let Some(scheme_end) = redacted.find("://") {
+        let authority_start = scheme_end + 3;
+        let authority_end = redacted[authority_start..]
+            .find(['/', '?'])
+            .map_or(redacted.len(), |i| authority_start + i);
+        if let Some(at) = redacted[authority_start..authority_end].rfind('@') {
+            let userinfo = authority_start..authority_start + at;
+            if let Some(colon) = redacted[userinfo.clone()].find(':') {
+                redacted.replace_range(userinfo.start + colon + 1..userinfo.end, "***");
+            }
+        }
+    }
+
+    if let Some(query_start) = redacted.find('?') {
+        let (base, query) = redacted.split_at(query_start + 1);
+        let query: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        redacted = format!("{base}{}", query.join("&"));
+    }
+    redacted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_selects_backend() {
+        let pg = DatabaseUrl::parse("postgresql://u@h/db");
+        assert!(matches!(pg, Ok(DatabaseUrl::Postgres(_))));
+        let sqlite = DatabaseUrl::parse("sqlite://data/troupe.db");
+        assert_eq!(
+            sqlite,
+            Ok(DatabaseUrl::Sqlite(PathBuf::from("data/troupe.db")))
+        );
+        assert_eq!(
+            DatabaseUrl::parse("./troupe.db"),
+            Ok(DatabaseUrl::Sqlite(PathBuf::from("./troupe.db")))
+        );
+    }
+
+    #[test]
+    fn url_rejects_in_memory_sqlite() {
+        for raw in [
+            ":memory:",
+            "sqlite::memory:",
+            "file::memory:?cache=shared",
+            "file:x?mode=memory",
+        ] {
+            assert_eq!(
+                DatabaseUrl::parse(raw),
+                Err(InvalidDatabaseUrl::InMemory),
+                "{raw}"
+            );
+        }
+        assert_eq!(DatabaseUrl::parse("  "), Err(InvalidDatabaseUrl::Empty));
+    }
+
+    #[test]
+    fn display_hides_password() {
+        let url =
+            DatabaseUrl::Postgres("postgres://app:s3cr3t@db:5432/troupe?sslmode=require".into());
+        assert_eq!(
+            url.to_string(),
+            "postgres://app:***@db:5432/troupe?sslmode=require"
+        );
+        let url = DatabaseUrl::Postgres("postgres://db/troupe?user=app&password=s3cr3t".into());
+        assert_eq!(
+            url.to_string(),
+            "postgres://db/troupe?user=app&password=***"
+        );
+        let url = DatabaseUrl::Postgres("postgres://app@db/troupe".into());
+        assert_eq!(url.to_string(), "postgres://app@db/troupe");
+    }
+}

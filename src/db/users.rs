@@ -1,0 +1,236 @@
+//! Queries on users. Every function sees only users that are not deleted.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use super::dialect::Dialect;
+use super::models::{NewPostRow, NewUserRow, PostRow, UserChanges, UserRow};
+use super::schema::{posts, users};
+use super::{with_conn, DbConn, DbError};
+use crate::domain::{
+    DeleteMode, Direction, IfMatch, NewUser, Page, PageRequest, Post, User, UserFields, UserFilter,
+    UserId, UserPatch, UserSort, UserWithPosts,
+};
+
+/// Posts embedded in a user representation, oldest first.
+pub const MAX_EMBEDDED_POSTS: i64 = 100;
+
+pub fn find(conn: &mut DbConn, id: UserId) -> Result<User, DbError> {
+    with_conn!(conn, c => {
+        users::table
+            .find(id.get())
+            .filter(users::deleted_at.is_null())
+            .select(UserRow::as_select())
+            .first(c)
+            .map(User::from)
+            .map_err(DbError::from)
+    })
+}
+
+/// Reads a user and its first posts in one transaction, so both come from
+/// the same snapshot.
+pub fn find_with_posts(conn: &mut DbConn, id: UserId) -> Result<UserWithPosts, DbError> {
+    with_conn!(conn, c => c.transaction(|c| {
+        let user: User = users::table
+            .find(id.get())
+            .filter(users::deleted_at.is_null())
+            .select(UserRow::as_select())
+            .first(c)?
+            .into();
+        let posts = posts::table
+            .filter(posts::user_id.eq(id.get()))
+            .filter(posts::deleted_at.is_null())
+            .order(posts::id.asc())
+            .limit(MAX_EMBEDDED_POSTS)
+            .select(PostRow::as_select())
+            .load(c)?
+            .into_iter()
+            .map(Post::from)
+            .collect();
+        Ok(UserWithPosts { user, posts })
+    }))
+}
+
+pub fn list(
+    conn: &mut DbConn,
+    filter: &UserFilter,
+    sort: UserSort,
+    page: PageRequest,
+) -> Result<Page<User>, DbError> {
+    // Builds the filtered query afresh, because a boxed query cannot be
+    // reused for both the count and the page.
+    macro_rules! filtered {
+        () => {{
+            let mut query = users::table
+                .filter(users::deleted_at.is_null())
+                .into_boxed();
+            if let Some(min_age) = filter.min_age {
+                query = query.filter(users::age.ge(min_age));
+            }
+            if let Some(max_age) = filter.max_age {
+                query = query.filter(users::age.le(max_age));
+            }
+            if let Some(email) = &filter.email {
+                query = query.filter(users::email.eq(email.clone()));
+            }
+            query
+        }};
+    }
+
+    with_conn!(conn, c => c.transaction(|c| {
+        let total: i64 = filtered!().count().get_result(c)?;
+        let query = filtered!().select(UserRow::as_select());
+        let query = match sort {
+            UserSort::Id(Direction::Ascending) => query.order(users::id.asc()),
+            UserSort::Id(Direction::Descending) => query.order(users::id.desc()),
+            UserSort::Name(Direction::Ascending) => query.order((users::name.asc(), users::id.asc())),
+            UserSort::Name(Direction::Descending) => query.order((users::name.desc(), users::id.desc())),
+            UserSort::CreatedAt(Direction::Ascending) => {
+                query.order((users::created_at.asc(), users::id.asc()))
+            }
+            UserSort::CreatedAt(Direction::Descending) => {
+                query.order((users::created_at.desc(), users::id.desc()))
+            }
+        };
+        let items = query
+            .limit(page.limit())
+            .offset(page.offset())
+            .load(c)?
+            .into_iter()
+            .map(User::from)
+            .collect();
+        Ok(Page { items, total })
+    }))
+}
+
+/// Inserts a user and its posts in one transaction.
+pub fn insert(
+    conn: &mut DbConn,
+    new: &NewUser,
+    now: NaiveDateTime,
+) -> Result<UserWithPosts, DbError> {
+    let row = NewUserRow {
+        name: new.fields.name.as_str(),
+        email: new.fields.email.as_str(),
+        age: new.fields.age.map(|age| age.get()),
+        created_at: now,
+        updated_at: now,
+    };
+
+    with_conn!(conn, c => c.write_transaction(|c| {
+        let user: User = diesel::insert_into(users::table)
+            .values(&row)
+            .returning(UserRow::as_returning())
+            .get_result(c)?
+            .into();
+
+        let mut posts = Vec::with_capacity(new.posts.len());
+        for post in &new.posts {
+            let row = NewPostRow {
+                user_id: user.id.get(),
+                title: post.title.as_str(),
+                content: post.content.as_str(),
+                created_at: now,
+                updated_at: now,
+            };
+            let post: PostRow = diesel::insert_into(posts::table)
+                .values(&row)
+                .returning(PostRow::as_returning())
+                .get_result(c)?;
+            posts.push(Post::from(post));
+        }
+        Ok::<_, DbError>(UserWithPosts { user, posts })
+    }))
+}
+
+/// Replaces every client-set field of a user.
+pub fn replace(
+    conn: &mut DbConn,
+    id: UserId,
+    fields: &UserFields,
+    if_match: Option<&IfMatch>,
+    now: NaiveDateTime,
+) -> Result<User, DbError> {
+    let patch = UserPatch {
+        name: Some(fields.name.clone()),
+        email: Some(fields.email.clone()),
+        age: Some(fields.age),
+    };
+    update(conn, id, &patch, if_match, now)
+}
+
+/// Applies a merge patch. An empty patch changes nothing, not even the
+/// version, and returns the user as it is.
+pub fn update(
+    conn: &mut DbConn,
+    id: UserId,
+    patch: &UserPatch,
+    if_match: Option<&IfMatch>,
+    now: NaiveDateTime,
+) -> Result<User, DbError> {
+    with_conn!(conn, c => c.write_transaction(|c| {
+        let current = c.lock_live_user(id.get())?.ok_or(DbError::NotFound)?;
+        check_precondition(if_match, current.version)?;
+        if patch.is_empty() {
+            return Ok(User::from(current));
+        }
+
+        let changes = UserChanges {
+            name: patch.name.as_ref().map(|name| name.as_str()),
+            email: patch.email.as_ref().map(|email| email.as_str()),
+            age: patch.age.map(|age| age.map(|age| age.get())),
+            version: current.version + 1,
+            updated_at: now,
+        };
+        diesel::update(users::table.find(id.get()))
+            .set(&changes)
+            .returning(UserRow::as_returning())
+            .get_result(c)
+            .map(User::from)
+            .map_err(DbError::from)
+    }))
+}
+
+/// Deletes a user and its posts in one transaction.
+pub fn delete(
+    conn: &mut DbConn,
+    id: UserId,
+    mode: DeleteMode,
+    if_match: Option<&IfMatch>,
+    now: NaiveDateTime,
+) -> Result<(), DbError> {
+    with_conn!(conn, c => c.write_transaction(|c| {
+        let current = c.lock_live_user(id.get())?.ok_or(DbError::NotFound)?;
+        check_precondition(if_match, current.version)?;
+
+        match mode {
+            DeleteMode::Soft => {
+                diesel::update(posts::table)
+                    .filter(posts::user_id.eq(id.get()))
+                    .filter(posts::deleted_at.is_null())
+                    .set(posts::deleted_at.eq(now))
+                    .execute(c)?;
+                diesel::update(users::table.find(id.get()))
+                    .set((
+                        users::deleted_at.eq(now),
+                        users::version.eq(current.version + 1),
+                        users::updated_at.eq(now),
+                    ))
+                    .execute(c)?;
+            }
+            DeleteMode::Hard => {
+                diesel::delete(posts::table.filter(posts::user_id.eq(id.get()))).execute(c)?;
+                diesel::delete(users::table.find(id.get())).execute(c)?;
+            }
+        }
+        Ok(())
+    }))
+}
+
+/// Fails with `PreconditionFailed` unless `if_match` allows `version`.
+pub(super) fn check_precondition(if_match: Option<&IfMatch>, version: i64) -> Result<(), DbError> {
+    match if_match {
+        Some(if_match) if !if_match.matches(version) => Err(DbError::PreconditionFailed),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,44 @@
+//! Liveness and readiness probes.
+
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use super::problem::{ApiError, UnavailableReason};
+use super::AppState;
+use crate::actors::queries::CheckReady;
+use crate::actors::{ActorError, Query, RequestCtx};
+
+/// Answers 200 while the process and its actors run. It never touches the
+/// database, so it stays fast when the database is slow or locked.
+pub async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if !state.store.connected() || !state.db.connected() {
+        return Err(ApiError::unavailable(UnavailableReason::ActorUnavailable));
+    }
+    Ok(HttpResponse::Ok().json(json!({ "status": "ok" })))
+}
+
+/// Answers 200 when a worker reaches the database, every migration is
+/// applied and the user store runs; 503 otherwise.
+pub async fn readyz(state: web::Data<AppState>, ctx: RequestCtx) -> Result<HttpResponse, ApiError> {
+    if !state.store.connected() {
+        return Err(ApiError::unavailable(UnavailableReason::ActorUnavailable));
+    }
+
+    // The probe waits at most the request budget, even with a queue ahead.
+    let wait = state.request_timeout.max(Duration::from_millis(100));
+    let delivery = state
+        .db
+        .send(Query::new(ctx, CheckReady))
+        .timeout(wait)
+        .await;
+    match ActorError::flatten("db_worker", delivery) {
+        Ok(true) => Ok(HttpResponse::Ok().json(json!({ "status": "ready" }))),
+        Ok(false) => Err(ApiError::Unavailable {
+            reason: UnavailableReason::NotReady,
+            cause: Some("database has pending migrations".into()),
+        }),
+        Err(error) => Err(ApiError::from(error)),
+    }
+}

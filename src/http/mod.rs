@@ -1,0 +1,80 @@
+//! Everything that knows HTTP: the route table, extractors, representations
+//! and the problem format. Handlers validate input into domain types, send
+//! one message to an actor and render its reply.
+
+mod body;
+mod health;
+mod params;
+mod posts;
+pub mod problem;
+mod representation;
+mod request;
+mod users;
+
+use std::time::Duration;
+
+use actix::Addr;
+use actix_web::{web, HttpResponse, Route};
+
+pub use request::{request_context, REQUEST_ID_HEADER};
+
+use crate::actors::{DbWorker, UserStore};
+use problem::ApiError;
+
+/// Shared, read-only state of every HTTP worker: actor addresses and limits.
+/// Nothing in it is mutable, so no lock is needed.
+pub struct AppState {
+    pub store: Addr<UserStore>,
+    pub db: Addr<DbWorker>,
+    pub request_timeout: Duration,
+    pub body_limit: usize,
+}
+
+/// The route table.
+pub fn routes(config: &mut web::ServiceConfig) {
+    config
+        .service(resource("/healthz", "GET").route(web::get().to(health::healthz)))
+        .service(resource("/readyz", "GET").route(web::get().to(health::readyz)))
+        .service(
+            web::scope("/api/v1")
+                .service(resource("/healthz", "GET").route(web::get().to(health::healthz)))
+                .service(
+                    resource("/users", "GET, POST")
+                        .route(web::get().to(users::list))
+                        .route(web::post().to(users::create)),
+                )
+                .service(
+                    resource("/users/{id}", "GET, PUT, PATCH, DELETE")
+                        .route(web::get().to(users::get))
+                        .route(web::put().to(users::replace))
+                        .route(web::patch().to(users::patch))
+                        .route(web::delete().to(users::delete)),
+                )
+                .service(
+                    resource("/users/{id}/posts", "GET, POST")
+                        .route(web::get().to(posts::list_for_user))
+                        .route(web::post().to(posts::create_for_user)),
+                )
+                .service(resource("/posts", "GET").route(web::get().to(posts::list)))
+                .service(
+                    resource("/posts/{id}", "GET, PUT, PATCH, DELETE")
+                        .route(web::get().to(posts::get))
+                        .route(web::put().to(posts::replace))
+                        .route(web::patch().to(posts::patch))
+                        .route(web::delete().to(posts::delete)),
+                )
+                .default_service(not_found()),
+        )
+        .default_service(not_found());
+}
+
+/// A resource whose unmatched methods get 405 with `Allow`.
+fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow })
+    }))
+}
+
+fn not_found() -> Route {
+    web::to(|| async { Err::<HttpResponse, _>(ApiError::RouteNotFound) })
+}

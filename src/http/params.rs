@@ -1,0 +1,146 @@
+//! Path, query and header parameters, parsed into domain types.
+
+use std::future::{ready, Ready};
+
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{FromRequest, HttpRequest};
+
+use super::problem::ApiError;
+use crate::domain::{FieldError, IfMatch, InvalidId, PageRequest, PostId, UserId, ValidationError};
+
+/// Extracts ids from the `{id}` path segment. Handlers take the id before
+/// the body, so a bad id is reported before a bad body.
+macro_rules! path_id_extractor {
+    ($id:ty) => {
+        impl FromRequest for $id {
+            type Error = ApiError;
+            type Future = Ready<Result<Self, ApiError>>;
+
+            fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
+                let raw = request.match_info().get("id").unwrap_or_default();
+                ready(
+                    <$id>::parse(raw)
+                        .map_err(|InvalidId(value)| ApiError::InvalidId { name: "id", value }),
+                )
+            }
+        }
+    };
+}
+
+path_id_extractor!(UserId);
+path_id_extractor!(PostId);
+
+/// The query string as decoded pairs, checked against the parameters a route
+/// accepts: unknown or repeated parameters are a 400.
+pub struct QueryParams {
+    pairs: Vec<(String, String)>,
+}
+
+impl QueryParams {
+    pub fn parse(request: &HttpRequest, allowed: &[&str]) -> Result<Self, ApiError> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(request.query_string())
+            .map_err(|e| {
+                invalid(
+                    "query",
+                    "malformed",
+                    format!("query string is malformed: {e}"),
+                )
+            })?;
+
+        for (index, (name, _)) in pairs.iter().enumerate() {
+            if !allowed.contains(&name.as_str()) {
+                let shown: String = name.chars().take(40).collect();
+                return Err(invalid(
+                    &shown,
+                    "unknown_parameter",
+                    format!(
+                        "unknown query parameter {shown:?}; this route accepts {}",
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+            if pairs[..index].iter().any(|(earlier, _)| earlier == name) {
+                return Err(invalid(
+                    name,
+                    "repeated_parameter",
+                    format!("{name} is given more than once"),
+                ));
+            }
+        }
+        Ok(Self { pairs })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    pub fn page(&self) -> Result<PageRequest, ApiError> {
+        PageRequest::parse(self.get("page"), self.get("limit")).map_err(query_error)
+    }
+
+    /// Reads an optional `true` or `false`.
+    pub fn flag(&self, name: &'static str) -> Result<bool, ApiError> {
+        match self.get(name) {
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(other) => Err(invalid(
+                name,
+                "invalid_value",
+                format!(
+                    "{name} must be true or false, got {:?}",
+                    other.chars().take(40).collect::<String>()
+                ),
+            )),
+        }
+    }
+
+    /// The query string with `page` replaced, for `Link` headers.
+    pub fn with_page(&self, page: i64) -> String {
+        let mut pairs: Vec<(&str, String)> = self
+            .pairs
+            .iter()
+            .filter(|(key, _)| key != "page")
+            .map(|(key, value)| (key.as_str(), value.clone()))
+            .collect();
+        pairs.push(("page", page.to_string()));
+        serde_urlencoded::to_string(&pairs).unwrap_or_default()
+    }
+}
+
+/// Turns a domain error about one query value into a 400.
+pub fn query_error(error: FieldError) -> ApiError {
+    ApiError::InvalidQuery(ValidationError::single(error))
+}
+
+fn invalid(field: &str, code: &'static str, message: String) -> ApiError {
+    query_error(FieldError::new(field, code, message))
+}
+
+/// Reads `If-Match`; a header that is not visible ASCII matches nothing.
+pub fn if_match(request: &HttpRequest) -> Option<IfMatch> {
+    let value = request.headers().get(header::IF_MATCH)?;
+    Some(match value.to_str() {
+        Ok(text) => IfMatch::parse(text),
+        Err(_) => IfMatch::Versions(Vec::new()),
+    })
+}
+
+/// Tells whether `If-None-Match` lists `etag`, comparing weakly as RFC 9110
+/// requires for GET.
+pub fn if_none_match(request: &HttpRequest, etag: &str) -> bool {
+    let Some(Ok(value)) = request
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .map(|v| v.to_str())
+    else {
+        return false;
+    };
+    value.split(',').map(str::trim).any(|tag| {
+        let tag = tag.strip_prefix("W/").unwrap_or(tag);
+        tag == "*" || tag == etag
+    })
+}

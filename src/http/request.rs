@@ -1,0 +1,136 @@
+//! Per-request plumbing: the request id, the request span, the one log line
+//! per request, and the problem rendering of every error response.
+
+use std::future::{ready, Ready};
+use std::time::Instant;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
+use tracing::Instrument;
+
+use super::problem::{cause_chain, ApiError, PROBLEM_JSON};
+use super::AppState;
+use crate::actors::{RequestCtx, RequestId};
+
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Middleware around the whole app: assigns the request id, opens the
+/// request span, renders every error as a problem with the id, echoes the id
+/// in `X-Request-Id` and logs one line per request.
+pub async fn request_context(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let started = Instant::now();
+    let request_id = request
+        .headers()
+        .get(&REQUEST_ID_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(RequestId::parse)
+        .unwrap_or_else(RequestId::generate);
+    let route = request
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().clone();
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        http.method = %method,
+        http.route = %route,
+    );
+
+    request.extensions_mut().insert(request_id.clone());
+    request.extensions_mut().insert(RequestSpan(span.clone()));
+    // Inner services turn handler errors into responses, so an `Err` here
+    // is rare; actix renders it with the error's own `error_response`.
+    let response = next
+        .call(request)
+        .instrument(span.clone())
+        .await?
+        .map_into_boxed_body();
+    let mut response = render_problem(response, &request_id);
+    response
+        .headers_mut()
+        .insert(REQUEST_ID_HEADER, request_id_header(&request_id));
+
+    let status = response.status().as_u16();
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let _entered = span.enter();
+    let api_error = response
+        .response()
+        .error()
+        .and_then(|e| e.as_error::<ApiError>());
+    match api_error.and_then(ApiError::cause) {
+        Some(cause) if status >= 500 => tracing::error!(
+            http.status = status,
+            latency_ms,
+            error.cause_chain = %cause_chain(cause),
+            "request failed"
+        ),
+        _ if status >= 500 => tracing::error!(http.status = status, latency_ms, "request failed"),
+        _ => tracing::info!(http.status = status, latency_ms, "request finished"),
+    }
+    Ok(response)
+}
+
+/// Renders an error response as a problem that carries the request id.
+/// Errors of the framework that are not `ApiError`s keep their status.
+fn render_problem(
+    response: ServiceResponse<BoxBody>,
+    request_id: &RequestId,
+) -> ServiceResponse<BoxBody> {
+    let status = response.status();
+    if let Some(api_error) = response
+        .response()
+        .error()
+        .and_then(|e| e.as_error::<ApiError>())
+    {
+        let rendered = api_error.to_response(Some(request_id));
+        return response.into_response(rendered);
+    }
+
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes() == PROBLEM_JSON.as_bytes());
+    if status.as_u16() < 400 || is_problem {
+        return response;
+    }
+    let rendered = ApiError::Other { status }.to_response(Some(request_id));
+    response.into_response(rendered)
+}
+
+fn request_id_header(request_id: &RequestId) -> HeaderValue {
+    // A request id is ASCII letters, digits, `.`, `_` and `-` only.
+    HeaderValue::from_str(request_id.as_str()).unwrap_or(HeaderValue::from_static("invalid"))
+}
+
+/// The request span, stored in the request's extensions by the middleware.
+#[derive(Clone)]
+struct RequestSpan(tracing::Span);
+
+/// Builds the context that every message to an actor carries.
+impl FromRequest for RequestCtx {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(request: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let extensions = request.extensions();
+        let request_id = extensions
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(RequestId::generate);
+        let span = extensions
+            .get::<RequestSpan>()
+            .map(|span| span.0.clone())
+            .unwrap_or_else(tracing::Span::current);
+        let budget = request
+            .app_data::<web::Data<AppState>>()
+            .map(|state| state.request_timeout)
+            .unwrap_or(crate::startup::FALLBACK_REQUEST_TIMEOUT);
+        ready(Ok(RequestCtx::new(request_id, span, budget)))
+    }
+}

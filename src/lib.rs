@@ -1,0 +1,33 @@
+//! troupe: a users-and-posts REST service built on actors.
+//!
+//! How a request travels:
+//!
+//! 1. `http` matches the route; the request middleware assigns the request
+//!    id and span. Extractors turn the path, query and JSON body into domain
+//!    types (`domain`), or answer with a problem (`http::problem`).
+//! 2. The handler sends one message carrying a `RequestCtx` (request id,
+//!    span, deadline): user operations to the `UserStore` actor, post
+//!    operations straight to the `DbWorker` pool.
+//! 3. The `UserStore` answers reads from its cache or sends a query message
+//!    (`actors::queries`) to the pool; a `DbWorker` runs the matching plain
+//!    function from `db` on its own connection, in a transaction where it
+//!    writes.
+//! 4. The reply travels back; `http::problem` maps any error to a status in
+//!    one place, and the middleware logs one line for the request.
+//!
+//! Modules:
+//! - `config`: flags and environment variables, read only there.
+//! - `domain`: validated value types; no HTTP, actix or Diesel.
+//! - `db`: schema, pools, migrations, query functions, Diesel error mapping.
+//! - `actors`: `UserStore`, `DbWorker`, their messages and the query types.
+//! - `http`: routes, handlers, extractors, JSON representations, problems.
+//! - `startup`: builds and runs the whole service; tests use it too.
+//! - `telemetry`: the log subscriber.
+
+pub mod actors;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod http;
+pub mod startup;
+pub mod telemetry;

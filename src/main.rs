@@ -1,0 +1,61 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use troupe::config::{Cli, Command, MigrateAction, ServeArgs, Settings};
+use troupe::db::migrations;
+use troupe::startup::Application;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(message) = troupe::telemetry::init(&cli.log) {
+        eprintln!("troupe: {message}");
+        return ExitCode::FAILURE;
+    }
+
+    let outcome = match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+        Command::Serve(args) => serve(cli.database.database_url, &args),
+        Command::Migrate { action } => migrate(
+            &cli.database.database_url,
+            action.unwrap_or(MigrateAction::Run),
+        ),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = %troupe::http::problem::cause_chain(error.as_ref()), "troupe failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error>;
+
+fn serve(database_url: troupe::db::DatabaseUrl, args: &ServeArgs) -> Result<(), BoxError> {
+    let settings = Settings::new(database_url, args)?;
+    actix_web::rt::System::new().block_on(async move {
+        let app = Application::build(settings).await?;
+        app.run().await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn migrate(url: &troupe::db::DatabaseUrl, action: MigrateAction) -> Result<(), BoxError> {
+    match action {
+        MigrateAction::Run => {
+            let applied = migrations::run_pending(url)?;
+            tracing::info!(count = applied.len(), migrations = ?applied, "applied migrations");
+        }
+        MigrateAction::Revert => {
+            let reverted = migrations::revert_last(url)?;
+            tracing::info!(migration = %reverted, "reverted migration");
+        }
+        MigrateAction::Status => {
+            for status in migrations::status(url)? {
+                let state = if status.applied { "applied" } else { "pending" };
+                println!("{state}\t{}", status.version);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! Start-up: migrate, connect, start the actors, bind and serve. Tests use
+//! the same path with port 0.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Addr, Arbiter};
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+
+use crate::actors::{DbWorker, StoreStats, UserDb, UserStore, WorkerStats};
+use crate::config::Settings;
+use crate::db::migrations::{self, MigrationError};
+use crate::db::DbPool;
+use crate::http::{self, AppState};
+
+/// Used only if the app state is missing, which the app factory prevents.
+pub const FALLBACK_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub const FALLBACK_BODY_LIMIT: usize = 64 * 1024;
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("database migration failed")]
+    Migration(#[from] MigrationError),
+    #[error("connecting the database pool failed")]
+    Pool(#[from] r2d2::Error),
+    #[error("the blocking thread pool is gone")]
+    Blocking(#[from] actix_web::error::BlockingError),
+    #[error("binding {addr} failed")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running service: the HTTP server and the actors behind it.
+pub struct Application {
+    server: Server,
+    addr: SocketAddr,
+    store: Addr<UserStore>,
+    store_arbiter: Arbiter,
+    pub worker_stats: Arc<WorkerStats>,
+    pub store_stats: Arc<StoreStats>,
+}
+
+impl Application {
+    /// Migrates the database, starts the actors and binds the listener. The
+    /// server runs once `run` is awaited or the server is spawned.
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let url = settings.database_url.clone();
+        tracing::info!(database.url = %url, database.backend = url.backend_name(), "using database");
+
+        let applied = web::block(move || migrations::run_pending(&url)).await??;
+        if !applied.is_empty() {
+            tracing::info!(migrations = ?applied, "applied migrations");
+        }
+
+        let url = settings.database_url.clone();
+        let pool_settings = settings.pool.clone();
+        let pool = web::block(move || DbPool::connect(&url, &pool_settings)).await??;
+
+        let worker_stats = Arc::new(WorkerStats::default());
+        let db = DbWorker::start_pool(settings.db_workers, pool, Arc::clone(&worker_stats));
+        let store_stats = Arc::new(StoreStats::default());
+        let store_arbiter = Arbiter::new();
+        let store = UserStore::start_supervised(
+            &store_arbiter.handle(),
+            UserDb::new(&db),
+            settings.cache_capacity,
+            Arc::clone(&store_stats),
+        );
+
+        let listener = TcpListener::bind(settings.bind).map_err(|source| StartupError::Bind {
+            addr: settings.bind,
+            source,
+        })?;
+        let addr = listener.local_addr().map_err(|source| StartupError::Bind {
+            addr: settings.bind,
+            source,
+        })?;
+
+        let state = web::Data::new(AppState {
+            store: store.clone(),
+            db,
+            request_timeout: settings.request_timeout,
+            body_limit: settings.body_limit,
+        });
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(from_fn(http::request_context))
+                .configure(http::routes)
+        });
+        if let Some(workers) = settings.http_workers {
+            server = server.workers(workers);
+        }
+        let server = server
+            .listen(listener)
+            .map_err(|source| StartupError::Bind {
+                addr: settings.bind,
+                source,
+            })?
+            .run();
+
+        tracing::info!(http.addr = %addr, "listening");
+        Ok(Self {
+            server,
+            addr,
+            store,
+            store_arbiter,
+            worker_stats,
+            store_stats,
+        })
+    }
+
+    /// The bound address, with the real port when port 0 was asked for.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn server_handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    pub fn user_store(&self) -> &Addr<UserStore> {
+        &self.store
+    }
+
+    /// Serves until the server stops (on SIGINT or SIGTERM, or through its
+    /// handle), then stops the user store.
+    pub async fn run(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        self.store_arbiter.stop();
+        result
+    }
+}
