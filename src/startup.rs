@@ -5,7 +5,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Addr, Arbiter};
+use actix::{Addr, Arbiter, ArbiterHandle};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
@@ -35,6 +35,22 @@ pub enum StartupError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Stops a running `Application`: the HTTP server first, then the user store.
+#[derive(Clone)]
+pub struct StopHandle {
+    server: ServerHandle,
+    store_arbiter: ArbiterHandle,
+}
+
+impl StopHandle {
+    /// Asks the server to stop; `graceful` lets in-flight requests finish.
+    /// The user store stops once the server has.
+    pub async fn stop(&self, graceful: bool) {
+        self.server.stop(graceful).await;
+        self.store_arbiter.stop();
+    }
 }
 
 /// A running service: the HTTP server and the actors behind it.
@@ -122,8 +138,12 @@ impl Application {
         self.addr
     }
 
-    pub fn server_handle(&self) -> ServerHandle {
-        self.server.handle()
+    /// A handle that stops the HTTP server and the user store from outside.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle {
+            server: self.server.handle(),
+            store_arbiter: self.store_arbiter.handle(),
+        }
     }
 
     pub fn user_store(&self) -> &Addr<UserStore> {

@@ -1,0 +1,11 @@
+//! Integration tests: the real service over HTTP on a socket, against a real
+//! SQLite file and a real PostgreSQL database, plus actor-level tests.
+//!
+//! PostgreSQL tests run when `TROUPE_TEST_POSTGRES_URL` names a server
+//! (an admin URL such as `postgres://postgres@127.0.0.1:5432/postgres`); each
+//! test creates and drops its own database. Without it they print that they
+//! were skipped, unless `TROUPE_TEST_REQUIRE_POSTGRES=1`, which makes a
+//! missing URL fail them.
+
+mod helpers;
+mod smoke;
