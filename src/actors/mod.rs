@@ -16,6 +16,8 @@ pub use context::{RequestCtx, RequestId};
 pub use db_worker::{DbQuery, DbWorker, Query, WorkerStats};
 pub(crate) use error::panic_message;
 pub use error::ActorError;
+#[cfg(feature = "test-hooks")]
+pub use user_store::InjectPanic;
 pub use user_store::{
     CreateUser, DeleteUser, GetUser, GetUserWithPosts, ListUsers, PatchUser, ReplaceUser,
     StoreStats, UserDb, UserQueryHandler, UserStore,

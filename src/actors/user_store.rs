@@ -255,6 +255,27 @@ impl Supervised for UserStore {
     }
 }
 
+/// Makes the store's handler panic, to test supervision.
+#[cfg(feature = "test-hooks")]
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), ActorError>")]
+pub struct InjectPanic;
+
+#[cfg(feature = "test-hooks")]
+impl Handler<InjectPanic> for UserStore {
+    type Result = Result<(), ActorError>;
+
+    #[expect(clippy::panic, reason = "the message exists to make the handler panic")]
+    fn handle(&mut self, _: InjectPanic, ctx: &mut Context<Self>) -> Self::Result {
+        self.guarded(
+            ctx,
+            "inject_panic",
+            |_, _| panic!("panic injected by a test"),
+            || Err(ActorError::Panicked { actor: ACTOR }),
+        )
+    }
+}
+
 impl Handler<WriteFinished> for UserStore {
     type Result = ();
 

@@ -7,5 +7,6 @@
 //! were skipped, unless `TROUPE_TEST_REQUIRE_POSTGRES=1`, which makes a
 //! missing URL fail them.
 
+mod faults;
 mod helpers;
 mod smoke;
