@@ -113,28 +113,27 @@ fn shape_error(path: String, error: serde_json::Error) -> ApiError {
         message
             .strip_prefix(prefix)
             .and_then(|rest| rest.split('`').next())
-            .map(|name| join_path(&path, name))
+            .map(str::to_owned)
     };
+    let at_root = path == "." || path.is_empty();
 
-    let field_error = if let Some(field) = named("unknown field `") {
-        FieldError::new(
-            field.clone(),
-            "unknown_field",
-            format!("unknown field {field}"),
-        )
-    } else if let Some(field) = named("missing field `") {
-        FieldError::new(field.clone(), "required", format!("{field} is required"))
+    let field_error = if let Some(name) = named("unknown field `") {
+        // The path of an unknown field already ends with its name.
+        let field = if at_root { name } else { path };
+        let message = format!("unknown field {field}");
+        FieldError::new(field, "unknown_field", message)
+    } else if let Some(name) = named("missing field `") {
+        // The path of a missing field stops at the enclosing object.
+        let field = if at_root {
+            name
+        } else {
+            format!("{path}.{name}")
+        };
+        let message = format!("{field} is required");
+        FieldError::new(field, "required", message)
     } else {
-        let field = if path == "." { "body".to_owned() } else { path };
+        let field = if at_root { "body".to_owned() } else { path };
         FieldError::new(field, "invalid_type", message)
     };
     ApiError::Validation(ValidationError::single(field_error))
-}
-
-fn join_path(path: &str, name: &str) -> String {
-    if path == "." || path.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{path}.{name}")
-    }
 }
