@@ -1,0 +1,1084 @@
+//! Actor-level tests. The `UserStore` runs against `RecordingDb`, a stand-in
+//! for the database pool that records every query it receives and replies
+//! with scripted results. The `DbWorker` pool runs against real databases.
+
+use std::collections::VecDeque;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use actix::prelude::*;
+use diesel::pg::PgConnection;
+use diesel::sqlite::SqliteConnection;
+use diesel::{Connection, QueryableByName, RunQueryDsl};
+use futures_util::future::join_all;
+use tokio::sync::oneshot;
+use troupe::actors::queries::users;
+use troupe::actors::{
+    ActorError, CreateUser, DbQuery, DbWorker, DeleteUser, GetUser, GetUserWithPosts, PatchUser,
+    Query, ReplaceUser, RequestCtx, RequestId, StoreStats, UserDb, UserStore, WorkerStats,
+};
+use troupe::db::{DbConn, DbError, DbPool, PoolSettings};
+use troupe::domain::{
+    Age, DeleteMode, Email, NewUser, Page, User, UserFields, UserId, UserName, UserPatch,
+    UserWithPosts,
+};
+
+use crate::helpers::{Backend, TestDb};
+
+// ---------------------------------------------------------------------------
+// The recording stand-in for the database pool
+// ---------------------------------------------------------------------------
+
+/// One query that `RecordingDb` received, with its typed value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Sent {
+    Find(users::Find),
+    FindWithPosts(users::FindWithPosts),
+    List(users::List),
+    Insert(users::Insert),
+    Replace(users::Replace),
+    Update(users::Update),
+    Delete(users::Delete),
+}
+
+/// A scripted reply: given at once, or held until the test sends it.
+enum Reply<T> {
+    Ready(Result<T, ActorError>),
+    Held(oneshot::Receiver<Result<T, ActorError>>),
+}
+
+/// The replies still to give, one queue per query type, oldest first.
+#[derive(Default)]
+struct Replies {
+    find: VecDeque<Reply<User>>,
+    find_with_posts: VecDeque<Reply<UserWithPosts>>,
+    list: VecDeque<Reply<Page<User>>>,
+    insert: VecDeque<Reply<UserWithPosts>>,
+    replace: VecDeque<Reply<User>>,
+    update: VecDeque<Reply<User>>,
+    delete: VecDeque<Reply<()>>,
+}
+
+/// What a test shares with its `RecordingDb`.
+#[derive(Default)]
+struct Script {
+    sent: Mutex<Vec<Sent>>,
+    replies: Mutex<Replies>,
+}
+
+impl Script {
+    fn replies(&self) -> MutexGuard<'_, Replies> {
+        self.replies.lock().unwrap()
+    }
+
+    /// Returns every query received so far, in arrival order.
+    fn sent(&self) -> Vec<Sent> {
+        self.sent.lock().unwrap().clone()
+    }
+
+    /// Returns the ids of the `users::Find` queries received so far.
+    fn finds(&self) -> Vec<UserId> {
+        self.sent()
+            .into_iter()
+            .filter_map(|sent| match sent {
+                Sent::Find(find) => Some(find.id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn inserts(&self) -> Vec<users::Insert> {
+        self.sent()
+            .into_iter()
+            .filter_map(|sent| match sent {
+                Sent::Insert(insert) => Some(insert),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Records each user query and replies from the `Script`. A query with
+/// no scripted reply gets `DbError::Unavailable`, so an unexpected query
+/// shows up as a failed reply as well as in the record.
+struct RecordingDb {
+    script: Arc<Script>,
+}
+
+impl Actor for RecordingDb {
+    type Context = Context<Self>;
+}
+
+fn unscripted(name: &str) -> ActorError {
+    ActorError::Db(DbError::Unavailable(
+        format!("no scripted reply for {name}").into(),
+    ))
+}
+
+async fn answer<T>(reply: Option<Reply<T>>, name: &'static str) -> Result<T, ActorError> {
+    match reply {
+        Some(Reply::Ready(result)) => result,
+        Some(Reply::Held(release)) => release.await.unwrap_or_else(|_| Err(unscripted(name))),
+        None => Err(unscripted(name)),
+    }
+}
+
+macro_rules! records {
+    ($query:ident, $variant:ident, $queue:ident) => {
+        impl Handler<Query<users::$query>> for RecordingDb {
+            type Result = ResponseFuture<Result<<users::$query as DbQuery>::Output, ActorError>>;
+
+            fn handle(
+                &mut self,
+                message: Query<users::$query>,
+                _: &mut Context<Self>,
+            ) -> Self::Result {
+                self.script
+                    .sent
+                    .lock()
+                    .unwrap()
+                    .push(Sent::$variant(message.query));
+                let reply = self.script.replies().$queue.pop_front();
+                Box::pin(answer(reply, <users::$query as DbQuery>::NAME))
+            }
+        }
+    };
+}
+
+records!(Find, Find, find);
+records!(FindWithPosts, FindWithPosts, find_with_posts);
+records!(List, List, list);
+records!(Insert, Insert, insert);
+records!(Replace, Replace, replace);
+records!(Update, Update, update);
+records!(Delete, Delete, delete);
+
+/// Stops the `RecordingDb`, which closes its mailbox.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Stop;
+
+impl Handler<Stop> for RecordingDb {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+/// Starts a `UserStore` wired to a fresh `RecordingDb`.
+fn recorded_store(capacity: usize) -> (Addr<UserStore>, Addr<RecordingDb>, Arc<Script>) {
+    let script = Arc::new(Script::default());
+    let recorder = RecordingDb {
+        script: Arc::clone(&script),
+    }
+    .start();
+    let store = UserStore::new(
+        UserDb::new(&recorder),
+        NonZeroUsize::new(capacity).unwrap(),
+        Arc::new(StoreStats::default()),
+    )
+    .start();
+    (store, recorder, script)
+}
+
+// ---------------------------------------------------------------------------
+// Values and messages
+// ---------------------------------------------------------------------------
+
+fn ctx() -> RequestCtx {
+    RequestCtx::internal(Duration::from_secs(10))
+}
+
+fn id(raw: i64) -> UserId {
+    UserId::from_db(raw)
+}
+
+fn user(raw_id: i64, name: &str, email: &str) -> User {
+    let now = troupe::domain::now();
+    User {
+        id: id(raw_id),
+        name: name.to_owned(),
+        email: email.to_owned(),
+        age: None,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn new_user(name: &str, email: &str) -> NewUser {
+    NewUser {
+        fields: fields(name, email),
+        posts: Vec::new(),
+    }
+}
+
+fn fields(name: &str, email: &str) -> UserFields {
+    UserFields {
+        name: UserName::parse(name).unwrap(),
+        email: Email::parse(email).unwrap(),
+        age: None,
+    }
+}
+
+fn rename(name: &str) -> UserPatch {
+    UserPatch {
+        name: Some(UserName::parse(name).unwrap()),
+        ..UserPatch::default()
+    }
+}
+
+async fn get(store: &Addr<UserStore>, id: UserId) -> Result<User, ActorError> {
+    ActorError::flatten("user_store", store.send(GetUser { ctx: ctx(), id }).await)
+}
+
+async fn create(store: &Addr<UserStore>, user: NewUser) -> Result<UserWithPosts, ActorError> {
+    ActorError::flatten(
+        "user_store",
+        store.send(CreateUser { ctx: ctx(), user }).await,
+    )
+}
+
+async fn patch(store: &Addr<UserStore>, id: UserId, patch: UserPatch) -> Result<User, ActorError> {
+    let message = PatchUser {
+        ctx: ctx(),
+        id,
+        patch,
+        if_match: None,
+    };
+    ActorError::flatten("user_store", store.send(message).await)
+}
+
+// ---------------------------------------------------------------------------
+// UserStore against the recording stand-in
+// ---------------------------------------------------------------------------
+
+#[actix::test]
+async fn store_get_asks_database_once() {
+    let (store, _recorder, script) = recorded_store(8);
+    let ada = user(7, "Ada", "ada@example.com");
+    script
+        .replies()
+        .find
+        .push_back(Reply::Ready(Ok(ada.clone())));
+
+    let first = get(&store, id(7)).await;
+
+    assert_eq!(
+        script.sent(),
+        vec![Sent::Find(users::Find { id: id(7) })],
+        "a read of an uncached user sends one Find with its id"
+    );
+    assert_eq!(first.unwrap(), ada, "the read returns the database's user");
+}
+
+#[actix::test]
+async fn store_cache_hit_sends_nothing() {
+    let (store, _recorder, script) = recorded_store(8);
+    let ada = user(7, "Ada", "ada@example.com");
+    script
+        .replies()
+        .find
+        .push_back(Reply::Ready(Ok(ada.clone())));
+    let first = get(&store, id(7)).await.unwrap();
+
+    let second = get(&store, id(7)).await;
+
+    assert_eq!(script.sent().len(), 1, "a cached read sends no query");
+    assert_eq!(
+        second.unwrap(),
+        first,
+        "a cached read returns the same user"
+    );
+}
+
+#[actix::test]
+async fn store_create_sends_normalised_email() {
+    let (store, _recorder, script) = recorded_store(8);
+    let ada = NewUser {
+        fields: UserFields {
+            name: UserName::parse("Ada").unwrap(),
+            email: Email::parse("  Ada@Example.COM ").unwrap(),
+            age: None,
+        },
+        posts: Vec::new(),
+    };
+    let stored = UserWithPosts {
+        user: user(1, "Ada", "ada@example.com"),
+        posts: Vec::new(),
+    };
+    script
+        .replies()
+        .insert
+        .push_back(Reply::Ready(Ok(stored.clone())));
+
+    let created = create(&store, ada.clone()).await;
+
+    let inserts = script.inserts();
+    assert_eq!(script.sent().len(), 1, "a create sends one query");
+    assert_eq!(inserts.len(), 1, "the one query is an Insert");
+    assert_eq!(
+        inserts[0].user.fields.email.as_str(),
+        "ada@example.com",
+        "the Insert carries the trimmed, lower-cased email"
+    );
+    assert_eq!(inserts[0].user, ada, "the Insert carries the user as sent");
+    assert_eq!(
+        created.unwrap(),
+        stored,
+        "the create returns the stored user"
+    );
+}
+
+#[actix::test]
+async fn store_patch_evicts_user() {
+    let (store, _recorder, script) = recorded_store(8);
+    let ada = user(7, "Ada", "ada@example.com");
+    let renamed = User {
+        name: "Ada King".into(),
+        version: 2,
+        ..ada.clone()
+    };
+    script.replies().find.push_back(Reply::Ready(Ok(ada)));
+    script
+        .replies()
+        .update
+        .push_back(Reply::Ready(Ok(renamed.clone())));
+    script
+        .replies()
+        .find
+        .push_back(Reply::Ready(Ok(renamed.clone())));
+    get(&store, id(7)).await.unwrap();
+
+    patch(&store, id(7), rename("Ada King")).await.unwrap();
+    let after = get(&store, id(7)).await;
+
+    assert_eq!(
+        script.sent()[1],
+        Sent::Update(users::Update {
+            id: id(7),
+            patch: rename("Ada King"),
+            if_match: None,
+        }),
+        "the patch sends an Update with the id and patch"
+    );
+    assert_eq!(
+        script.finds(),
+        vec![id(7), id(7)],
+        "a read after the patch sends a new Find"
+    );
+    assert_eq!(after.unwrap(), renamed, "the read returns the patched user");
+}
+
+#[actix::test]
+async fn store_replace_evicts_user() {
+    let (store, _recorder, script) = recorded_store(8);
+    let ada = user(7, "Ada", "ada@example.com");
+    let replaced = User {
+        name: "Ada King".into(),
+        email: "king@example.com".into(),
+        version: 2,
+        ..ada.clone()
+    };
+    script.replies().find.push_back(Reply::Ready(Ok(ada)));
+    script
+        .replies()
+        .replace
+        .push_back(Reply::Ready(Ok(replaced.clone())));
+    script
+        .replies()
+        .find
+        .push_back(Reply::Ready(Ok(replaced.clone())));
+    get(&store, id(7)).await.unwrap();
+
+    let message = ReplaceUser {
+        ctx: ctx(),
+        id: id(7),
+        fields: fields("Ada King", "king@example.com"),
+        if_match: None,
+    };
+    ActorError::flatten("user_store", store.send(message).await).unwrap();
+    let after = get(&store, id(7)).await;
+
+    assert_eq!(
+        script.finds(),
+        vec![id(7), id(7)],
+        "a read after the replacement sends a new Find"
+    );
+    assert_eq!(after.unwrap(), replaced, "the read returns the new fields");
+}
+
+#[actix::test]
+async fn store_delete_evicts_user() {
+    let (store, _recorder, script) = recorded_store(8);
+    script
+        .replies()
+        .find
+        .push_back(Reply::Ready(Ok(user(7, "Ada", "ada@example.com"))));
+    script.replies().delete.push_back(Reply::Ready(Ok(())));
+    script
+        .replies()
+        .find
+        .push_back(Reply::Ready(Err(ActorError::Db(DbError::NotFound))));
+    get(&store, id(7)).await.unwrap();
+
+    let message = DeleteUser {
+        ctx: ctx(),
+        id: id(7),
+        mode: DeleteMode::Soft,
+        if_match: None,
+    };
+    ActorError::flatten("user_store", store.send(message).await).unwrap();
+    let after = get(&store, id(7)).await;
+
+    assert_eq!(
+        script.sent()[1],
+        Sent::Delete(users::Delete {
+            id: id(7),
+            mode: DeleteMode::Soft,
+            if_match: None,
+        }),
+        "the delete sends a Delete with the id and mode"
+    );
+    assert_eq!(
+        script.finds(),
+        vec![id(7), id(7)],
+        "a read after the delete sends a new Find"
+    );
+    assert!(
+        matches!(after, Err(ActorError::Db(DbError::NotFound))),
+        "the read returns the database's NotFound, got {after:?}"
+    );
+}
+
+#[actix::test]
+async fn store_cache_drops_least_recent() {
+    let (store, _recorder, script) = recorded_store(1);
+    for raw in [1, 2, 1] {
+        script
+            .replies()
+            .find
+            .push_back(Reply::Ready(Ok(user(raw, "Ada", "ada@example.com"))));
+    }
+
+    for raw in [1, 2, 1] {
+        get(&store, id(raw)).await.unwrap();
+    }
+
+    assert_eq!(
+        script.finds(),
+        vec![id(1), id(2), id(1)],
+        "a cache of one user forgets user 1 when user 2 is read"
+    );
+}
+
+#[actix::test]
+async fn store_get_with_posts_bypasses_cache() {
+    let (store, _recorder, script) = recorded_store(8);
+    let ada = UserWithPosts {
+        user: user(7, "Ada", "ada@example.com"),
+        posts: Vec::new(),
+    };
+    for _ in 0..2 {
+        script
+            .replies()
+            .find_with_posts
+            .push_back(Reply::Ready(Ok(ada.clone())));
+    }
+
+    for _ in 0..2 {
+        let message = GetUserWithPosts {
+            ctx: ctx(),
+            id: id(7),
+        };
+        ActorError::flatten("user_store", store.send(message).await).unwrap();
+    }
+
+    assert_eq!(
+        script.sent(),
+        vec![Sent::FindWithPosts(users::FindWithPosts { id: id(7) }); 2],
+        "every read with posts goes to the database"
+    );
+}
+
+#[actix::test]
+async fn store_passes_not_found_through() {
+    let (store, _recorder, script) = recorded_store(8);
+    script
+        .replies()
+        .find
+        .push_back(Reply::Ready(Err(ActorError::Db(DbError::NotFound))));
+
+    let result = get(&store, id(7)).await;
+
+    assert!(
+        matches!(result, Err(ActorError::Db(DbError::NotFound))),
+        "the caller gets the database's NotFound, got {result:?}"
+    );
+}
+
+#[actix::test]
+async fn store_does_not_cache_not_found() {
+    let (store, _recorder, script) = recorded_store(8);
+    script
+        .replies()
+        .find
+        .push_back(Reply::Ready(Err(ActorError::Db(DbError::NotFound))));
+    let ada = user(7, "Ada", "ada@example.com");
+    script
+        .replies()
+        .find
+        .push_back(Reply::Ready(Ok(ada.clone())));
+    get(&store, id(7)).await.unwrap_err();
+
+    let second = get(&store, id(7)).await;
+
+    assert_eq!(
+        script.finds(),
+        vec![id(7), id(7)],
+        "a read after a NotFound asks the database again"
+    );
+    assert_eq!(second.unwrap(), ada, "the second read returns the user");
+}
+
+#[actix::test]
+async fn store_passes_email_taken_through() {
+    let (store, _recorder, script) = recorded_store(8);
+    script
+        .replies()
+        .insert
+        .push_back(Reply::Ready(Err(ActorError::Db(DbError::EmailTaken))));
+
+    let result = create(&store, new_user("Ada", "ada@example.com")).await;
+
+    assert!(
+        matches!(result, Err(ActorError::Db(DbError::EmailTaken))),
+        "the caller gets the database's EmailTaken, got {result:?}"
+    );
+}
+
+#[actix::test]
+async fn store_patch_passes_email_taken_through() {
+    let (store, _recorder, script) = recorded_store(8);
+    script
+        .replies()
+        .update
+        .push_back(Reply::Ready(Err(ActorError::Db(DbError::EmailTaken))));
+    let taken = UserPatch {
+        email: Some(Email::parse("grace@example.com").unwrap()),
+        ..UserPatch::default()
+    };
+
+    let result = patch(&store, id(7), taken).await;
+
+    assert!(
+        matches!(result, Err(ActorError::Db(DbError::EmailTaken))),
+        "the caller gets the database's EmailTaken, got {result:?}"
+    );
+}
+
+#[actix::test]
+async fn store_stopped_database_is_unavailable() {
+    let (store, recorder, _script) = recorded_store(8);
+    recorder.send(Stop).await.unwrap();
+
+    let read = get(&store, id(7)).await;
+    let write = create(&store, new_user("Ada", "ada@example.com")).await;
+
+    assert!(
+        matches!(read, Err(ActorError::Unavailable { .. })),
+        "a read through a closed mailbox is Unavailable, got {read:?}"
+    );
+    assert!(
+        matches!(write, Err(ActorError::Unavailable { .. })),
+        "a write through a closed mailbox is Unavailable, got {write:?}"
+    );
+}
+
+/// A read sent before a write and completed after the write started must
+/// not fill the cache, because it may carry the value from before the write.
+#[actix::test]
+async fn store_overlapping_read_not_cached() {
+    let (store, _recorder, script) = recorded_store(8);
+    let ada = user(7, "Ada", "ada@example.com");
+    let renamed = User {
+        name: "Ada King".into(),
+        version: 2,
+        ..ada.clone()
+    };
+    let (release_find, held_find) = oneshot::channel();
+    script.replies().find.push_back(Reply::Held(held_find));
+    script
+        .replies()
+        .update
+        .push_back(Reply::Ready(Ok(renamed.clone())));
+    script
+        .replies()
+        .find
+        .push_back(Reply::Ready(Ok(renamed.clone())));
+
+    // `send` queues the message at once, so the read reaches the store
+    // before the patch.
+    let read = store.send(GetUser {
+        ctx: ctx(),
+        id: id(7),
+    });
+    patch(&store, id(7), rename("Ada King")).await.unwrap();
+    assert_eq!(
+        script.sent().len(),
+        2,
+        "the Find and the Update both reached the database: {:?}",
+        script.sent()
+    );
+    release_find.send(Ok(ada.clone())).unwrap();
+    let stale = ActorError::flatten("user_store", read.await);
+    let fresh = get(&store, id(7)).await;
+
+    assert_eq!(stale.unwrap(), ada, "the held read returns what it read");
+    assert_eq!(
+        script.finds(),
+        vec![id(7), id(7)],
+        "a read after the overlapping one sends a new Find"
+    );
+    assert_eq!(fresh.unwrap(), renamed, "the new read returns the patch");
+}
+
+/// A read that completes while a write is in flight may fill the cache, but
+/// the write's reply must not reach the caller before that entry is evicted.
+#[actix::test]
+async fn store_read_during_write_evicted() {
+    let (store, _recorder, script) = recorded_store(8);
+    let ada = user(7, "Ada", "ada@example.com");
+    let renamed = User {
+        name: "Ada King".into(),
+        version: 2,
+        ..ada.clone()
+    };
+    let (release_update, held_update) = oneshot::channel();
+    script.replies().update.push_back(Reply::Held(held_update));
+    script
+        .replies()
+        .find
+        .push_back(Reply::Ready(Ok(ada.clone())));
+    script
+        .replies()
+        .find
+        .push_back(Reply::Ready(Ok(renamed.clone())));
+
+    let write = store.send(PatchUser {
+        ctx: ctx(),
+        id: id(7),
+        patch: rename("Ada King"),
+        if_match: None,
+    });
+    let during = get(&store, id(7)).await;
+    release_update.send(Ok(renamed.clone())).unwrap();
+    ActorError::flatten("user_store", write.await).unwrap();
+    let after = get(&store, id(7)).await;
+
+    assert_eq!(
+        during.unwrap(),
+        ada,
+        "the read during the write saw the old row"
+    );
+    assert_eq!(
+        script.finds(),
+        vec![id(7), id(7)],
+        "a read after the write's reply sends a new Find"
+    );
+    assert_eq!(after.unwrap(), renamed, "the read returns the patched user");
+}
+
+// ---------------------------------------------------------------------------
+// DbWorker against real databases
+// ---------------------------------------------------------------------------
+
+/// Declares each listed `async fn name(backend: Backend)` as two tests that
+/// run in an actix system, `sqlite::name` and `postgres::name`.
+macro_rules! actix_on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[actix::test]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
+            )*
+        }
+
+        mod postgres {
+            $(
+                #[actix::test]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+actix_on_both_backends!(
+    worker_insert_then_find,
+    worker_pool_survives_panics,
+    worker_panic_rolls_back_write,
+    worker_skips_expired_deadline,
+);
+
+/// A migrated database and a pool of `DbWorker`s on it.
+struct Workers {
+    addr: Addr<DbWorker>,
+    stats: Arc<WorkerStats>,
+    _db: TestDb,
+}
+
+/// Starts `count` workers over a pool of `count` connections, or returns
+/// `None` when the backend is skipped.
+fn start_workers(backend: Backend, count: usize) -> Option<Workers> {
+    let db = TestDb::create(backend)?;
+    troupe::db::migrations::run_pending(&db.url).unwrap();
+    let settings = PoolSettings {
+        max_size: u32::try_from(count).unwrap(),
+        connection_timeout: Duration::from_secs(10),
+        sqlite_busy_timeout: Duration::from_secs(10),
+    };
+    let pool = DbPool::connect(&db.url, &settings).unwrap();
+    let stats = Arc::new(WorkerStats::default());
+    let addr = DbWorker::start_pool(count, pool, Arc::clone(&stats));
+    Some(Workers {
+        addr,
+        stats,
+        _db: db,
+    })
+}
+
+async fn run<Q: DbQuery>(workers: &Addr<DbWorker>, query: Q) -> Result<Q::Output, ActorError> {
+    ActorError::flatten("db_worker", workers.send(Query::new(ctx(), query)).await)
+}
+
+/// Runs `$body` with `$c` bound to the concrete connection of either backend.
+macro_rules! on_conn {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            DbConn::Pg(pooled) => {
+                let $c: &mut PgConnection = pooled;
+                $body
+            }
+            DbConn::Sqlite(pooled) => {
+                let $c: &mut SqliteConnection = pooled;
+                $body
+            }
+        }
+    };
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+fn count_email_sql(email: &str) -> String {
+    format!("SELECT COUNT(*) AS n FROM users WHERE email = '{email}'")
+}
+
+/// Counts the user rows with one email, deleted or not.
+struct CountEmail(&'static str);
+
+impl DbQuery for CountEmail {
+    type Output = i64;
+    const NAME: &'static str = "test.count_email";
+
+    fn run(self, conn: &mut DbConn) -> Result<i64, DbError> {
+        let sql = count_email_sql(self.0);
+        on_conn!(conn, c => Ok(diesel::sql_query(&sql).get_result::<Count>(c)?.n))
+    }
+}
+
+/// Panics without touching the connection.
+struct Explode;
+
+impl DbQuery for Explode {
+    type Output = ();
+    const NAME: &'static str = "test.explode";
+
+    fn run(self, _: &mut DbConn) -> Result<(), DbError> {
+        panic!("test query panics on purpose")
+    }
+}
+
+const ROLLBACK_EMAIL: &str = "rolled.back@example.com";
+
+/// Inserts a user inside a write transaction, stores the number of rows
+/// with that email that the transaction reads, and panics before the commit.
+struct InsertThenPanic {
+    seen_inside: Arc<AtomicI64>,
+}
+
+impl DbQuery for InsertThenPanic {
+    type Output = ();
+    const NAME: &'static str = "test.insert_then_panic";
+
+    fn run(self, conn: &mut DbConn) -> Result<(), DbError> {
+        let insert = format!(
+            "INSERT INTO users (name, email, created_at, updated_at) \
+             VALUES ('Rolled Back', '{ROLLBACK_EMAIL}', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+        );
+        let count = count_email_sql(ROLLBACK_EMAIL);
+        let seen = &self.seen_inside;
+        match conn {
+            DbConn::Pg(pooled) => {
+                let c: &mut PgConnection = pooled;
+                c.transaction::<(), DbError, _>(|c| {
+                    diesel::sql_query(&insert).execute(c)?;
+                    seen.store(
+                        diesel::sql_query(&count).get_result::<Count>(c)?.n,
+                        Ordering::SeqCst,
+                    );
+                    panic!("test query panics inside its transaction")
+                })
+            }
+            DbConn::Sqlite(pooled) => {
+                let c: &mut SqliteConnection = pooled;
+                c.immediate_transaction::<(), DbError, _>(|c| {
+                    diesel::sql_query(&insert).execute(c)?;
+                    seen.store(
+                        diesel::sql_query(&count).get_result::<Count>(c)?.n,
+                        Ordering::SeqCst,
+                    );
+                    panic!("test query panics inside its transaction")
+                })
+            }
+        }
+    }
+}
+
+/// Waits until `expected` rendezvous queries run at the same time, for at
+/// most ten seconds, and returns whether they all arrived.
+struct Rendezvous {
+    arrived: Arc<(Mutex<usize>, Condvar)>,
+    expected: usize,
+}
+
+impl DbQuery for Rendezvous {
+    type Output = bool;
+    const NAME: &'static str = "test.rendezvous";
+
+    fn run(self, _: &mut DbConn) -> Result<bool, DbError> {
+        let (count, changed) = &*self.arrived;
+        let mut count = count.lock().unwrap();
+        *count += 1;
+        changed.notify_all();
+        let (count, _) = changed
+            .wait_timeout_while(count, Duration::from_secs(10), |n| *n < self.expected)
+            .unwrap();
+        Ok(*count >= self.expected)
+    }
+}
+
+/// Changes a user's name with plain SQL, past the `UserStore`.
+struct RenameDirectly {
+    id: UserId,
+    name: &'static str,
+}
+
+impl DbQuery for RenameDirectly {
+    type Output = usize;
+    const NAME: &'static str = "test.rename_directly";
+
+    fn run(self, conn: &mut DbConn) -> Result<usize, DbError> {
+        let sql = format!(
+            "UPDATE users SET name = '{}' WHERE id = {}",
+            self.name,
+            self.id.get()
+        );
+        on_conn!(conn, c => Ok(diesel::sql_query(&sql).execute(c)?))
+    }
+}
+
+async fn worker_insert_then_find(backend: Backend) {
+    let Some(workers) = start_workers(backend, 2) else {
+        return;
+    };
+
+    let created = run(
+        &workers.addr,
+        users::Insert {
+            user: new_user("Ada Lovelace", "Ada@Example.com"),
+        },
+    )
+    .await
+    .unwrap();
+    let found = run(
+        &workers.addr,
+        users::Find {
+            id: created.user.id,
+        },
+    )
+    .await;
+
+    assert_eq!(created.user.name, "Ada Lovelace", "stored name");
+    assert_eq!(created.user.email, "ada@example.com", "stored email");
+    assert_eq!(found.unwrap(), created.user, "Find reads the inserted row");
+}
+
+async fn worker_pool_survives_panics(backend: Backend) {
+    const WORKERS: usize = 3;
+    let Some(workers) = start_workers(backend, WORKERS) else {
+        return;
+    };
+
+    let panicked = join_all((0..WORKERS).map(|_| run(&workers.addr, Explode))).await;
+    let inserted = join_all((0..WORKERS * 3).map(|i| {
+        let email = format!("user{i}@example.com");
+        run(
+            &workers.addr,
+            users::Insert {
+                user: new_user("Ada Lovelace", &email),
+            },
+        )
+    }))
+    .await;
+    let arrived = Arc::new((Mutex::new(0), Condvar::new()));
+    let together = join_all((0..WORKERS).map(|_| {
+        let query = Rendezvous {
+            arrived: Arc::clone(&arrived),
+            expected: WORKERS,
+        };
+        run(&workers.addr, query)
+    }))
+    .await;
+
+    for (i, reply) in panicked.iter().enumerate() {
+        assert!(
+            matches!(reply, Err(ActorError::Panicked { .. })),
+            "panicking query {i} replies Panicked, got {reply:?}"
+        );
+    }
+    for (i, reply) in inserted.iter().enumerate() {
+        assert!(reply.is_ok(), "insert {i} after the panics: {reply:?}");
+    }
+    assert_eq!(
+        workers.stats.panics.load(Ordering::Relaxed),
+        WORKERS as u64,
+        "every caught panic is counted"
+    );
+    assert!(
+        together.iter().all(|reply| matches!(reply, Ok(true))),
+        "all {WORKERS} workers still run queries at the same time: {together:?}"
+    );
+}
+
+async fn worker_panic_rolls_back_write(backend: Backend) {
+    let Some(workers) = start_workers(backend, 1) else {
+        return;
+    };
+    let seen_inside = Arc::new(AtomicI64::new(-1));
+
+    let panicked = run(
+        &workers.addr,
+        InsertThenPanic {
+            seen_inside: Arc::clone(&seen_inside),
+        },
+    )
+    .await;
+    let after = run(&workers.addr, CountEmail(ROLLBACK_EMAIL)).await;
+    let next = run(
+        &workers.addr,
+        users::Insert {
+            user: new_user("Next User", ROLLBACK_EMAIL),
+        },
+    )
+    .await;
+
+    assert!(
+        matches!(panicked, Err(ActorError::Panicked { .. })),
+        "the query replies Panicked, got {panicked:?}"
+    );
+    assert_eq!(
+        seen_inside.load(Ordering::SeqCst),
+        1,
+        "the row existed inside the transaction"
+    );
+    assert_eq!(after.unwrap(), 0, "the row is gone after the panic");
+    assert!(next.is_ok(), "the next write works: {next:?}");
+}
+
+async fn worker_skips_expired_deadline(backend: Backend) {
+    let Some(workers) = start_workers(backend, 1) else {
+        return;
+    };
+    let expired = RequestCtx::new(RequestId::generate(), tracing::Span::none(), Duration::ZERO);
+    let insert = users::Insert {
+        user: new_user("Too Late", "too.late@example.com"),
+    };
+
+    let reply = ActorError::flatten(
+        "db_worker",
+        workers.addr.send(Query::new(expired, insert)).await,
+    );
+    let written = run(&workers.addr, CountEmail("too.late@example.com")).await;
+
+    assert!(
+        matches!(reply, Err(ActorError::DeadlineExceeded)),
+        "an expired message replies DeadlineExceeded, got {reply:?}"
+    );
+    assert_eq!(written.unwrap(), 0, "nothing was written");
+    assert_eq!(
+        workers.stats.deadline_skips.load(Ordering::Relaxed),
+        1,
+        "the skip is counted"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// UserStore over a real DbWorker pool
+// ---------------------------------------------------------------------------
+
+#[actix::test]
+async fn store_over_sqlite_workers() {
+    let workers = start_workers(Backend::Sqlite, 2).unwrap();
+    let store = UserStore::new(
+        UserDb::new(&workers.addr),
+        NonZeroUsize::new(8).unwrap(),
+        Arc::new(StoreStats::default()),
+    )
+    .start();
+    let created = create(&store, new_user("Ada Lovelace", "ada@example.com"))
+        .await
+        .unwrap()
+        .user;
+
+    let first = get(&store, created.id).await.unwrap();
+    let renamed = run(
+        &workers.addr,
+        RenameDirectly {
+            id: created.id,
+            name: "Renamed Behind",
+        },
+    )
+    .await
+    .unwrap();
+    let cached = get(&store, created.id).await.unwrap();
+    let age = UserPatch {
+        age: Some(Some(Age::parse(36).unwrap())),
+        ..UserPatch::default()
+    };
+    let patched = patch(&store, created.id, age).await.unwrap();
+    let after = get(&store, created.id).await.unwrap();
+
+    assert_eq!(first, created, "the first read returns the created user");
+    assert_eq!(renamed, 1, "the direct update changed one row");
+    assert_eq!(cached, first, "the second read comes from the cache");
+    assert_eq!(patched.age, Some(36), "the patch sets the age");
+    assert_eq!(
+        patched.name, "Renamed Behind",
+        "the patch returns the row as the database holds it"
+    );
+    assert_eq!(
+        after, patched,
+        "a read after the patch returns the new value"
+    );
+}

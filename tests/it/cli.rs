@@ -1,0 +1,474 @@
+//! The real `troupe` binary: its migrate commands, how it rejects invalid
+//! settings, its help text and what it logs at start.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use troupe::db::migrations;
+
+use crate::helpers::{Backend, TestDb};
+
+crate::on_both_backends!(migrate_commands_report_status);
+
+const BIN: &str = env!("CARGO_BIN_EXE_troupe");
+
+/// How long one run of the binary may take before the test fails.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Builds a command for the binary that inherits none of troupe's settings
+/// from the test's environment.
+fn troupe() -> Command {
+    let mut command = Command::new(BIN);
+    for (key, _) in std::env::vars_os() {
+        let key_text = key.to_string_lossy();
+        if key_text == "DATABASE_URL" || key_text.starts_with("TROUPE_") {
+            command.env_remove(&key);
+        }
+    }
+    command.stdin(Stdio::null());
+    command
+}
+
+/// A child process that is killed and reaped when the test lets go of it.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs the command to its end, failing the test if it outlives `DEADLINE`.
+fn run(command: &mut Command) -> Finished {
+    let mut child = Running(
+        command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (done_tx, done_rx) = mpsc::channel();
+    for (stream, pipe) in [
+        (
+            0,
+            Box::new(child.0.stdout.take().unwrap()) as Box<dyn Read + Send>,
+        ),
+        (1, Box::new(child.0.stderr.take().unwrap())),
+    ] {
+        let done_tx = done_tx.clone();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let mut pipe = pipe;
+            let _ = pipe.read_to_string(&mut text);
+            let _ = done_tx.send((stream, text));
+        });
+    }
+
+    let deadline = Instant::now() + DEADLINE;
+    let mut output = [String::new(), String::new()];
+    for _ in 0..2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (stream, text) = done_rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("troupe {command:?} did not finish in {DEADLINE:?}"));
+        output[stream] = text;
+    }
+    let status = child.0.wait().unwrap();
+    let [stdout, stderr] = output;
+    Finished {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// Starts the server, kills it once it logs that it is listening, and
+/// returns everything it wrote to stderr.
+fn log_until_listening(command: &mut Command) -> String {
+    let mut child = Running(
+        command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
+    let (line_tx, line_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
+    let deadline = Instant::now() + DEADLINE;
+    let mut log = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match line_rx.recv_timeout(left) {
+            Ok(line) => {
+                log.push_str(&line);
+                log.push('\n');
+                if line.contains("listening") {
+                    break;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("troupe did not log \"listening\" in {DEADLINE:?}; log so far:\n{log}")
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("troupe exited before it was listening; log:\n{log}")
+            }
+        }
+    }
+    drop(child);
+    // The pipe closes when the killed process is gone, so this loop ends.
+    for line in line_rx {
+        log.push_str(&line);
+        log.push('\n');
+    }
+    log
+}
+
+/// Serve arguments that keep a test server small and on a free port.
+const SMALL_SERVER: [&str; 9] = [
+    "serve",
+    "--bind",
+    "127.0.0.1:0",
+    "--db-pool-size",
+    "1",
+    "--db-workers",
+    "1",
+    "--http-workers",
+    "1",
+];
+
+/// Builds the lines `troupe migrate status` prints when the first `applied`
+/// migrations are applied and the rest are pending.
+fn expected_status(versions: &[String], applied: usize) -> Vec<String> {
+    versions
+        .iter()
+        .enumerate()
+        .map(|(i, version)| {
+            let state = if i < applied { "applied" } else { "pending" };
+            format!("{state}\t{version}")
+        })
+        .collect()
+}
+
+fn lines(text: &str) -> Vec<String> {
+    text.lines().map(str::to_owned).collect()
+}
+
+async fn migrate_commands_report_status(backend: Backend) {
+    let Some(db) = TestDb::create(backend) else {
+        return;
+    };
+    let url = db.url.connection_string();
+    let migrate = |action: &str| run(troupe().args(["--database-url", &url, "migrate", action]));
+
+    let ran = migrate("run");
+    let versions: Vec<String> = migrations::status(&db.url)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.version)
+        .collect();
+    let status_after_run = migrate("status");
+    let reverted = migrate("revert");
+    let status_after_revert = migrate("status");
+
+    assert!(ran.status.success(), "migrate run succeeds: {}", ran.stderr);
+    assert!(
+        status_after_run.status.success(),
+        "migrate status succeeds: {}",
+        status_after_run.stderr
+    );
+    assert_eq!(
+        lines(&status_after_run.stdout),
+        expected_status(&versions, versions.len()),
+        "status after run prints every migration as applied"
+    );
+    assert!(
+        reverted.status.success(),
+        "migrate revert succeeds: {}",
+        reverted.stderr
+    );
+    assert_eq!(
+        lines(&status_after_revert.stdout),
+        expected_status(&versions, versions.len() - 1),
+        "status after revert prints the newest migration as pending"
+    );
+}
+
+/// A start that must fail: the arguments, an environment variable, the
+/// setting the message must name, and why the start is invalid.
+struct BadStart<'a> {
+    args: Vec<&'a str>,
+    env: Option<(&'a str, &'a str)>,
+    setting: &'a str,
+    reason: &'a str,
+}
+
+#[test]
+fn cli_invalid_settings_fail_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let x_db = dir.path().join("x.db");
+    let db = x_db.to_str().unwrap();
+    let bind = "127.0.0.1:0";
+    let cases = [
+        BadStart {
+            args: vec!["--database-url", ":memory:", "serve", "--bind", bind],
+            env: None,
+            setting: "--database-url",
+            reason: "in-memory SQLite given as a flag",
+        },
+        BadStart {
+            args: vec!["serve", "--bind", bind],
+            env: Some(("DATABASE_URL", ":memory:")),
+            setting: "DATABASE_URL",
+            reason: "in-memory SQLite given in the environment",
+        },
+        BadStart {
+            args: vec![
+                "--database-url",
+                db,
+                "serve",
+                "--bind",
+                bind,
+                "--db-pool-size",
+                "0",
+            ],
+            env: None,
+            setting: "--db-pool-size",
+            reason: "a pool of no connections",
+        },
+        BadStart {
+            args: vec!["--database-url", db, "serve", "--bind", bind],
+            env: Some(("TROUPE_DB_POOL_SIZE", "0")),
+            setting: "--db-pool-size",
+            reason: "a pool of no connections given in the environment",
+        },
+        BadStart {
+            args: vec![
+                "--database-url",
+                db,
+                "serve",
+                "--bind",
+                bind,
+                "--db-workers",
+                "8",
+                "--db-pool-size",
+                "2",
+            ],
+            env: None,
+            setting: "--db-workers",
+            reason: "more workers than connections",
+        },
+        BadStart {
+            args: vec!["--database-url", db, "serve", "--bind", "nowhere"],
+            env: None,
+            setting: "--bind",
+            reason: "an address without host and port",
+        },
+        BadStart {
+            args: vec!["--database-url", db, "serve"],
+            env: Some(("TROUPE_BIND", "nowhere")),
+            setting: "--bind",
+            reason: "an address without host and port given in the environment",
+        },
+        BadStart {
+            args: vec![
+                "--database-url",
+                db,
+                "--log-format",
+                "xml",
+                "serve",
+                "--bind",
+                bind,
+            ],
+            env: None,
+            setting: "--log-format",
+            reason: "an unknown log format",
+        },
+    ];
+
+    for case in cases {
+        let mut command = troupe();
+        command.current_dir(dir.path()).args(&case.args);
+        if let Some((key, value)) = case.env {
+            command.env(key, value);
+        }
+        let finished = run(&mut command);
+
+        assert!(
+            !finished.status.success(),
+            "{}: troupe {:?} exits with failure, got {}",
+            case.reason,
+            case.args,
+            finished.status
+        );
+        assert!(
+            finished.stderr.contains(case.setting),
+            "{}: the message names {}: {}",
+            case.reason,
+            case.setting,
+            finished.stderr
+        );
+    }
+}
+
+/// Returns the lines of `--help` output that describe `flag`: its own line
+/// and the indented lines after it, up to the next option.
+fn help_section<'a>(help: &'a str, flag: &str) -> Vec<&'a str> {
+    let mut section = Vec::new();
+    for line in help.lines() {
+        let option = line.trim_start().starts_with('-') && line.contains("--");
+        if section.is_empty() {
+            if option && line.split_whitespace().any(|word| word == flag) {
+                section.push(line);
+            }
+        } else if option || !line.starts_with(' ') && !line.is_empty() {
+            break;
+        } else {
+            section.push(line);
+        }
+    }
+    section
+}
+
+#[test]
+fn cli_serve_help_names_units() {
+    let help = run(troupe().args(["serve", "--help"]));
+    let cases = [
+        ("--db-connect-timeout-ms", "Milliseconds"),
+        ("--sqlite-busy-timeout-ms", "Milliseconds"),
+        ("--request-timeout-ms", "Milliseconds"),
+        ("--body-limit-bytes", "bytes"),
+        ("--db-pool-size", "connections"),
+        ("--db-workers", "threads"),
+        ("--http-workers", "threads"),
+        ("--cache-capacity", "Users"),
+        ("--request-timeout-ms", "TROUPE_REQUEST_TIMEOUT_MS"),
+        ("--body-limit-bytes", "TROUPE_BODY_LIMIT_BYTES"),
+        ("--database-url", "DATABASE_URL"),
+    ];
+
+    assert!(help.status.success(), "serve --help succeeds");
+    for (flag, word) in cases {
+        let section = help_section(&help.stdout, flag).join("\n");
+        assert!(
+            section.contains(word),
+            "the help of {flag} mentions {word:?}:\n{section}"
+        );
+    }
+}
+
+/// Puts `password` into the user part of a `postgres://user@host/db` URL.
+fn with_password(url: &str, password: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (userinfo, host) = rest.split_once('@').unwrap();
+    let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+    format!("{scheme}://{user}:{password}@{host}")
+}
+
+#[test]
+fn cli_postgres_log_hides_password() {
+    let Some(db) = TestDb::create(Backend::Postgres) else {
+        return;
+    };
+    let url = db.url.connection_string();
+    let secret_url = with_password(&url, "s3cr3tpw");
+
+    let log = log_until_listening(troupe().env("DATABASE_URL", &secret_url).args(SMALL_SERVER));
+
+    assert!(
+        !log.contains("s3cr3tpw"),
+        "the password never appears in the log:\n{log}"
+    );
+    assert!(
+        log.contains(&with_password(&url, "***")),
+        "the log shows the URL with the password as ***:\n{log}"
+    );
+}
+
+#[test]
+fn cli_sqlite_log_names_absolute_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path().canonicalize().unwrap();
+
+    let log = log_until_listening(
+        troupe()
+            .current_dir(&cwd)
+            .args(["--database-url", "relative.db"])
+            .args(SMALL_SERVER),
+    );
+
+    let expected = format!("sqlite://{}", cwd.join("relative.db").display());
+    assert!(
+        log.contains(&expected),
+        "the log names the database as {expected}:\n{log}"
+    );
+    assert!(
+        cwd.join("relative.db").exists(),
+        "the database file is created in the working directory"
+    );
+}
+
+/// A PostgreSQL URL with a password, on a loopback port where nothing
+/// listens.
+const UNREACHABLE_SECRET_URL: &str = "postgres://postgres:s3cr3tpw@127.0.0.1:1/troupe";
+
+#[test]
+fn cli_help_hides_database_url() {
+    for args in [&["--help"][..], &["serve", "--help"][..]] {
+        let help = run(troupe()
+            .env("DATABASE_URL", UNREACHABLE_SECRET_URL)
+            .args(args));
+
+        assert!(help.status.success(), "troupe {args:?} succeeds");
+        assert!(
+            !help.stdout.contains("s3cr3tpw"),
+            "troupe {args:?} does not print the password from DATABASE_URL:\n{}",
+            help.stdout
+        );
+    }
+}
+
+#[test]
+fn cli_failed_start_hides_password() {
+    let finished = run(troupe().env("DATABASE_URL", UNREACHABLE_SECRET_URL).args([
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "--db-connect-timeout-ms",
+        "1000",
+    ]));
+
+    assert!(
+        !finished.status.success(),
+        "a start without a database fails"
+    );
+    assert!(
+        !finished.stderr.contains("s3cr3tpw"),
+        "the password never appears in the log:\n{}",
+        finished.stderr
+    );
+    assert!(
+        finished
+            .stderr
+            .contains("postgres://postgres:***@127.0.0.1:1/troupe"),
+        "the log shows the URL with the password as ***:\n{}",
+        finished.stderr
+    );
+}

@@ -1,0 +1,344 @@
+//! The embedded migrations on both backends: applying, reverting, what the
+//! schema looks like after each, and the constraints the database enforces.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Barrier};
+
+use diesel::pg::PgConnection;
+use diesel::result::{DatabaseErrorKind, Error as DieselError, QueryResult};
+use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel::sqlite::SqliteConnection;
+use diesel::{Connection, QueryableByName, RunQueryDsl};
+use troupe::db::migrations::{self, MigrationStatus};
+use troupe::db::DatabaseUrl;
+
+use crate::helpers::{Backend, TestDb};
+
+crate::on_both_backends!(
+    up_down_up_keeps_data,
+    down_reverses_up,
+    email_index_ignores_case,
+    email_index_ignores_deleted_users,
+    concurrent_runs_apply_once,
+);
+
+/// A plain connection for inspecting the database, outside troupe's code.
+enum Raw {
+    Pg(PgConnection),
+    Sqlite(SqliteConnection),
+}
+
+#[derive(QueryableByName)]
+struct Name {
+    #[diesel(sql_type = Text)]
+    name: String,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName)]
+struct Note {
+    #[diesel(sql_type = Nullable<Text>)]
+    note: Option<String>,
+}
+
+/// Tables, indexes, views, sequences and functions of the public schema,
+/// without diesel's own bookkeeping table and its index.
+const PG_OBJECTS: &str = "
+    SELECT name FROM (
+        SELECT ('table:' || tablename)::text AS name FROM pg_tables WHERE schemaname = 'public'
+        UNION ALL
+        SELECT ('index:' || indexname)::text FROM pg_indexes WHERE schemaname = 'public'
+        UNION ALL
+        SELECT ('view:' || viewname)::text FROM pg_views WHERE schemaname = 'public'
+        UNION ALL
+        SELECT ('sequence:' || sequencename)::text FROM pg_sequences WHERE schemaname = 'public'
+        UNION ALL
+        SELECT ('function:' || p.proname)::text FROM pg_proc p
+            JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public'
+    ) AS objects
+    WHERE strpos(name, '__diesel_schema_migrations') = 0";
+
+/// Tables, indexes, views and triggers, without diesel's bookkeeping table
+/// and the index SQLite creates for that table's primary key.
+const SQLITE_OBJECTS: &str = "
+    SELECT type || ':' || name AS name FROM sqlite_master
+    WHERE type IN ('table', 'index', 'view', 'trigger')
+      AND instr(name, '__diesel_schema_migrations') = 0";
+
+impl Raw {
+    fn connect(url: &DatabaseUrl) -> Self {
+        match url {
+            DatabaseUrl::Postgres(raw) => Self::Pg(PgConnection::establish(raw).unwrap()),
+            DatabaseUrl::Sqlite(_) => {
+                Self::Sqlite(SqliteConnection::establish(&url.connection_string()).unwrap())
+            }
+        }
+    }
+
+    fn execute(&mut self, sql: &str) -> QueryResult<usize> {
+        match self {
+            Self::Pg(c) => diesel::sql_query(sql).execute(c),
+            Self::Sqlite(c) => diesel::sql_query(sql).execute(c),
+        }
+    }
+
+    fn count(&mut self, sql: &str) -> i64 {
+        let row: Count = match self {
+            Self::Pg(c) => diesel::sql_query(sql).get_result(c),
+            Self::Sqlite(c) => diesel::sql_query(sql).get_result(c),
+        }
+        .unwrap();
+        row.n
+    }
+
+    fn schema_objects(&mut self) -> BTreeSet<String> {
+        let names: Vec<Name> = match self {
+            Self::Pg(c) => diesel::sql_query(PG_OBJECTS).load(c),
+            Self::Sqlite(c) => diesel::sql_query(SQLITE_OBJECTS).load(c),
+        }
+        .unwrap();
+        names.into_iter().map(|row| row.name).collect()
+    }
+
+    fn has_table(&mut self, table: &str) -> bool {
+        self.schema_objects().contains(&format!("table:{table}"))
+    }
+
+    fn kept_note(&mut self) -> Option<String> {
+        let sql = "SELECT note FROM keep_me WHERE id = 1";
+        let rows: QueryResult<Vec<Note>> = match self {
+            Self::Pg(c) => diesel::sql_query(sql).load(c),
+            Self::Sqlite(c) => diesel::sql_query(sql).load(c),
+        };
+        rows.ok()?.into_iter().next()?.note
+    }
+
+    /// Inserts a user row with plain SQL, with `deleted_at` set when `deleted`
+    /// is true.
+    fn insert_user(&mut self, email: &str, deleted: bool) -> QueryResult<usize> {
+        let deleted_at = if deleted { "CURRENT_TIMESTAMP" } else { "NULL" };
+        self.execute(&format!(
+            "INSERT INTO users (name, email, created_at, updated_at, deleted_at) \
+             VALUES ('Ada', '{email}', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, {deleted_at})"
+        ))
+    }
+}
+
+fn versions(statuses: &[MigrationStatus]) -> Vec<String> {
+    statuses.iter().map(|s| s.version.clone()).collect()
+}
+
+fn is_unique_violation(result: &QueryResult<usize>) -> bool {
+    matches!(
+        result,
+        Err(DieselError::DatabaseError(
+            DatabaseErrorKind::UniqueViolation,
+            _
+        ))
+    )
+}
+
+async fn up_down_up_keeps_data(backend: Backend) {
+    let Some(db) = TestDb::create(backend) else {
+        return;
+    };
+    let mut raw = Raw::connect(&db.url);
+    raw.execute("CREATE TABLE keep_me (id INTEGER PRIMARY KEY, note TEXT)")
+        .unwrap();
+    raw.execute("INSERT INTO keep_me (id, note) VALUES (1, 'kept')")
+        .unwrap();
+
+    let applied = migrations::run_pending(&db.url).unwrap();
+    let after_up = migrations::status(&db.url).unwrap();
+    let users_after_up = raw.has_table("users");
+    let note_after_up = raw.kept_note();
+
+    let reverted: Vec<String> = after_up
+        .iter()
+        .map(|_| migrations::revert_last(&db.url).unwrap())
+        .collect();
+    let after_down = migrations::status(&db.url).unwrap();
+    let users_after_down = raw.has_table("users");
+    let note_after_down = raw.kept_note();
+
+    let reapplied = migrations::run_pending(&db.url).unwrap();
+    let after_reapply = migrations::status(&db.url).unwrap();
+    let users_after_reapply = raw.has_table("users");
+    let note_after_reapply = raw.kept_note();
+
+    let all = versions(&after_up);
+    let mut newest_first = all.clone();
+    newest_first.reverse();
+    assert!(!all.is_empty(), "troupe embeds migrations");
+    assert_eq!(applied, all, "the first run applies every migration");
+    assert!(
+        after_up.iter().all(|s| s.applied),
+        "status after the run shows all applied: {after_up:?}"
+    );
+    assert!(users_after_up, "the users table exists after the run");
+    assert_eq!(
+        reverted, newest_first,
+        "each revert takes the newest applied migration"
+    );
+    assert!(
+        after_down.iter().all(|s| !s.applied),
+        "status after reverting shows all pending: {after_down:?}"
+    );
+    assert!(!users_after_down, "the users table is gone after reverting");
+    assert_eq!(
+        reapplied, all,
+        "the second run applies every migration again"
+    );
+    assert!(
+        after_reapply.iter().all(|s| s.applied),
+        "status after the second run shows all applied: {after_reapply:?}"
+    );
+    assert!(
+        users_after_reapply,
+        "the users table exists after the second run"
+    );
+    assert_eq!(
+        note_after_up.as_deref(),
+        Some("kept"),
+        "other data survives up"
+    );
+    assert_eq!(
+        note_after_down.as_deref(),
+        Some("kept"),
+        "other data survives down"
+    );
+    assert_eq!(
+        note_after_reapply.as_deref(),
+        Some("kept"),
+        "other data survives up again"
+    );
+}
+
+async fn down_reverses_up(backend: Backend) {
+    let Some(db) = TestDb::create(backend) else {
+        return;
+    };
+    let mut raw = Raw::connect(&db.url);
+    let before = raw.schema_objects();
+
+    let applied = migrations::run_pending(&db.url).unwrap();
+    let mut snapshots = vec![raw.schema_objects()];
+    for _ in &applied {
+        migrations::revert_last(&db.url).unwrap();
+        snapshots.push(raw.schema_objects());
+    }
+
+    for (step, pair) in snapshots.windows(2).enumerate() {
+        assert_ne!(
+            pair[0], pair[1],
+            "revert {step} changes the schema: {:?}",
+            pair[0]
+        );
+    }
+    assert_eq!(
+        snapshots.last(),
+        Some(&before),
+        "reverting every migration restores the schema from before"
+    );
+}
+
+async fn email_index_ignores_case(backend: Backend) {
+    let Some(db) = TestDb::create(backend) else {
+        return;
+    };
+    migrations::run_pending(&db.url).unwrap();
+    let mut raw = Raw::connect(&db.url);
+
+    let first = raw.insert_user("Ada@Example.com", false);
+    let second = raw.insert_user("ada@example.COM", false);
+
+    assert!(first.is_ok(), "the first live user is stored: {first:?}");
+    assert!(
+        is_unique_violation(&second),
+        "a second live user with the email in other case is a unique violation: {second:?}"
+    );
+}
+
+async fn email_index_ignores_deleted_users(backend: Backend) {
+    let Some(db) = TestDb::create(backend) else {
+        return;
+    };
+    migrations::run_pending(&db.url).unwrap();
+    let mut raw = Raw::connect(&db.url);
+
+    let deleted = raw.insert_user("ada@example.com", true);
+    let live = raw.insert_user("ADA@example.com", false);
+    let deleted_again = raw.insert_user("Ada@example.com", true);
+    let soft_delete =
+        raw.execute("UPDATE users SET deleted_at = CURRENT_TIMESTAMP WHERE deleted_at IS NULL");
+    let live_again = raw.insert_user("ada@EXAMPLE.com", false);
+
+    assert!(deleted.is_ok(), "a deleted user is stored: {deleted:?}");
+    assert!(
+        live.is_ok(),
+        "a deleted user does not block a live one: {live:?}"
+    );
+    assert!(
+        deleted_again.is_ok(),
+        "a live user does not block a deleted one: {deleted_again:?}"
+    );
+    assert_eq!(soft_delete.ok(), Some(1), "the live user is soft-deleted");
+    assert!(
+        live_again.is_ok(),
+        "a soft-deleted user frees the email: {live_again:?}"
+    );
+    assert_eq!(
+        raw.count("SELECT COUNT(*) AS n FROM users"),
+        4,
+        "all four rows are stored"
+    );
+}
+
+/// Two instances that start at once on a fresh database both succeed, and
+/// each migration is applied once.
+async fn concurrent_runs_apply_once(backend: Backend) {
+    let Some(db) = TestDb::create(backend) else {
+        return;
+    };
+    let start = Arc::new(Barrier::new(2));
+
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            let url = db.url.clone();
+            let start = Arc::clone(&start);
+            std::thread::spawn(move || {
+                start.wait();
+                migrations::run_pending(&url)
+            })
+        })
+        .collect();
+    let results: Vec<_> = runs.into_iter().map(|run| run.join().unwrap()).collect();
+    let status = migrations::status(&db.url).unwrap();
+    let mut raw = Raw::connect(&db.url);
+    let recorded = raw.count("SELECT COUNT(*) AS n FROM __diesel_schema_migrations");
+
+    for (i, result) in results.iter().enumerate() {
+        assert!(result.is_ok(), "run {i} succeeds: {result:?}");
+    }
+    let mut applied: Vec<String> = results.into_iter().flat_map(Result::unwrap).collect();
+    applied.sort();
+    assert_eq!(
+        applied,
+        versions(&status),
+        "each migration is applied by exactly one of the runs"
+    );
+    assert!(
+        status.iter().all(|s| s.applied),
+        "status shows all applied: {status:?}"
+    );
+    assert_eq!(
+        recorded,
+        i64::try_from(status.len()).unwrap(),
+        "diesel records each migration once"
+    );
+}
