@@ -1,5 +1,7 @@
 //! Log output: one subscriber for the process, pretty or JSON.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogArgs, LogFormat};
@@ -11,7 +13,8 @@ pub fn init(args: &LogArgs) -> Result<(), String> {
         .map_err(|e| format!("invalid --log-level (TROUPE_LOG) {:?}: {e}", args.log_level))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
 
     let installed = match args.log_format {
         LogFormat::Pretty => builder.try_init(),

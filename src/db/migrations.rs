@@ -1,6 +1,7 @@
 //! Embedded migrations, one directory per backend, in the diesel CLI's
 //! format, so `diesel migration run` and troupe apply the same files.
 
+use diesel::connection::SimpleConnection;
 use diesel::migration::MigrationSource;
 use diesel::pg::{Pg, PgConnection};
 use diesel::prelude::*;
@@ -16,6 +17,9 @@ pub const SQLITE: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 /// Key of the PostgreSQL advisory lock that serialises migrations, so
 /// several instances can start at once. The bytes spell "troupemi".
 const MIGRATION_LOCK_KEY: i64 = 0x7472_6f75_7065_6d69;
+
+/// How long a migration waits for another process's SQLite write lock.
+const SQLITE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -53,10 +57,25 @@ fn establish(url: &DatabaseUrl) -> Result<MigrationConn, MigrationError> {
         DatabaseUrl::Postgres(raw) => PgConnection::establish(raw)
             .map(MigrationConn::Pg)
             .map_err(|e| connect(Box::new(e))),
-        DatabaseUrl::Sqlite(_) => SqliteConnection::establish(&url.connection_string())
-            .map(MigrationConn::Sqlite)
-            .map_err(|e| connect(Box::new(e))),
+        DatabaseUrl::Sqlite(_) => {
+            let mut conn = SqliteConnection::establish(&url.connection_string())
+                .map_err(|e| connect(Box::new(e)))?;
+            let busy_timeout = format!("PRAGMA busy_timeout = {}", SQLITE_LOCK_WAIT.as_millis());
+            conn.batch_execute(&busy_timeout).map_err(|e| {
+                MigrationError::new("configuring the SQLite connection")(Box::new(e))
+            })?;
+            Ok(MigrationConn::Sqlite(conn))
+        }
     }
+}
+
+/// Holds SQLite's write lock while `f` runs, so that a second process that
+/// migrates the same file waits and then finds nothing pending.
+fn with_sqlite_lock<T>(
+    conn: &mut SqliteConnection,
+    f: impl FnOnce(&mut SqliteConnection) -> Result<T, BoxError>,
+) -> Result<T, BoxError> {
+    conn.immediate_transaction(f)
 }
 
 /// Holds the advisory lock while `f` runs on PostgreSQL.
@@ -77,9 +96,10 @@ pub fn run_pending(url: &DatabaseUrl) -> Result<Vec<String>, MigrationError> {
             let versions = conn.run_pending_migrations(POSTGRES)?;
             Ok(versions.iter().map(ToString::to_string).collect())
         }),
-        MigrationConn::Sqlite(mut conn) => conn
-            .run_pending_migrations(SQLITE)
-            .map(|versions| versions.iter().map(ToString::to_string).collect()),
+        MigrationConn::Sqlite(mut conn) => with_sqlite_lock(&mut conn, |conn| {
+            let versions = conn.run_pending_migrations(SQLITE)?;
+            Ok(versions.iter().map(ToString::to_string).collect())
+        }),
     };
     applied.map_err(MigrationError::new("applying migrations"))
 }
@@ -90,9 +110,9 @@ pub fn revert_last(url: &DatabaseUrl) -> Result<String, MigrationError> {
         MigrationConn::Pg(mut conn) => with_pg_lock(&mut conn, |conn| {
             Ok(conn.revert_last_migration(POSTGRES)?.to_string())
         }),
-        MigrationConn::Sqlite(mut conn) => conn
-            .revert_last_migration(SQLITE)
-            .map(|version| version.to_string()),
+        MigrationConn::Sqlite(mut conn) => with_sqlite_lock(&mut conn, |conn| {
+            Ok(conn.revert_last_migration(SQLITE)?.to_string())
+        }),
     };
     reverted.map_err(MigrationError::new("reverting the last migration"))
 }
