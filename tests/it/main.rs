@@ -7,5 +7,12 @@
 //! were skipped, unless `TROUPE_TEST_REQUIRE_POSTGRES=1`, which makes a
 //! missing URL fail them.
 
+// The crate lints deny these for the service code. `clippy.toml` allows them
+// only inside `#[test]` functions, and most test code here lives in helpers
+// and in the async functions that `on_both_backends!` wraps.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod errors;
 mod helpers;
+mod posts;
 mod smoke;
