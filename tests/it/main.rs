@@ -14,10 +14,12 @@
 
 mod actors;
 mod cli;
+mod errors;
 mod faults;
 // The harness serves every test module; no single module uses all of it.
 #[allow(dead_code)]
 mod helpers;
 mod migrations;
+mod posts;
 mod smoke;
 mod users;
