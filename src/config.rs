@@ -45,6 +45,10 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
 
+    /// The `serve` settings, so that a bare `troupe --bind ...` serves.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+
     #[command(flatten)]
     pub database: DatabaseArgs,
 
@@ -239,6 +243,14 @@ mod tests {
         let default = ServeArgs::default();
         assert_eq!(format!("{parsed:?}"), format!("{default:?}"));
         assert_eq!(default.bind.to_string(), DEFAULT_BIND);
+    }
+
+    #[test]
+    fn bare_command_takes_serve_flags() {
+        let cli = parse(&["--bind", "127.0.0.1:0", "--db-workers", "2"]).expect("flags parse");
+        assert!(cli.command.is_none(), "no subcommand means serve");
+        assert_eq!(cli.serve.bind.port(), 0);
+        assert_eq!(cli.serve.db_workers, 2);
     }
 
     #[test]

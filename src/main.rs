@@ -12,9 +12,10 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
 
-    let outcome = match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
-        Command::Serve(args) => serve(cli.database.database_url, &args),
-        Command::Migrate { action } => migrate(
+    let outcome = match cli.command {
+        None => serve(cli.database.database_url, &cli.serve),
+        Some(Command::Serve(args)) => serve(cli.database.database_url, &args),
+        Some(Command::Migrate { action }) => migrate(
             &cli.database.database_url,
             action.unwrap_or(MigrateAction::Run),
         ),

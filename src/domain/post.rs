@@ -58,6 +58,14 @@ impl PostContent {
                 format!("content must have at most {CONTENT_MAX_CHARS} characters, got {chars}"),
             ));
         }
+        // PostgreSQL text cannot hold NUL, so neither backend stores it.
+        if raw.contains('\0') {
+            return Err(FieldError::new(
+                "content",
+                "invalid_characters",
+                "content must not contain the NUL character",
+            ));
+        }
         Ok(Self(raw.to_owned()))
     }
 

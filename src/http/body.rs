@@ -9,6 +9,7 @@ use actix_web::http::{header, Method};
 use actix_web::{web, FromRequest, HttpRequest};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
 use serde_json::error::Category;
 
 use super::problem::ApiError;
@@ -95,7 +96,27 @@ fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     deserializer
         .end()
         .map_err(|error| ApiError::MalformedJson(error.to_string()))?;
+
+    // serde's derived structs also accept an array of their fields in order.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        let error = FieldError::new("body", "invalid_type", "the body must be a JSON object");
+        return Err(ApiError::Validation(ValidationError::single(error)));
+    }
     Ok(value)
+}
+
+/// A value that must be a JSON object. Use it for structs nested in a body,
+/// which serde would otherwise also accept as an array of their fields.
+#[derive(Debug)]
+pub struct JsonObject<T>(pub T);
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for JsonObject<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let object = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+        T::deserialize(serde_json::Value::Object(object))
+            .map(JsonObject)
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 fn shape_error(path: String, error: serde_json::Error) -> ApiError {
@@ -118,17 +139,11 @@ fn shape_error(path: String, error: serde_json::Error) -> ApiError {
     let at_root = path == "." || path.is_empty();
 
     let field_error = if let Some(name) = named("unknown field `") {
-        // The path of an unknown field already ends with its name.
-        let field = if at_root { name } else { path };
+        let field = field_path(&path, &name);
         let message = format!("unknown field {field}");
         FieldError::new(field, "unknown_field", message)
     } else if let Some(name) = named("missing field `") {
-        // The path of a missing field stops at the enclosing object.
-        let field = if at_root {
-            name
-        } else {
-            format!("{path}.{name}")
-        };
+        let field = field_path(&path, &name);
         let message = format!("{field} is required");
         FieldError::new(field, "required", message)
     } else {
@@ -136,4 +151,17 @@ fn shape_error(path: String, error: serde_json::Error) -> ApiError {
         FieldError::new(field, "invalid_type", message)
     };
     ApiError::Validation(ValidationError::single(field_error))
+}
+
+/// Joins the error's path and the field it names. The path of an unknown
+/// field usually ends with the field already; the path of a missing field,
+/// or of any error inside a `JsonObject`, stops at the enclosing object.
+fn field_path(path: &str, name: &str) -> String {
+    if path == "." || path.is_empty() {
+        name.to_owned()
+    } else if path == name || path.ends_with(&format!(".{name}")) {
+        path.to_owned()
+    } else {
+        format!("{path}.{name}")
+    }
 }

@@ -14,7 +14,7 @@ mod users;
 use std::time::Duration;
 
 use actix::Addr;
-use actix_web::{web, HttpResponse, Route};
+use actix_web::{guard, web, HttpResponse, Route};
 
 pub use request::{request_context, REQUEST_ID_HEADER};
 
@@ -33,32 +33,32 @@ pub struct AppState {
 /// The route table.
 pub fn routes(config: &mut web::ServiceConfig) {
     config
-        .service(resource("/healthz", "GET").route(web::get().to(health::healthz)))
-        .service(resource("/readyz", "GET").route(web::get().to(health::readyz)))
+        .service(resource("/healthz", "GET, HEAD").route(get().to(health::healthz)))
+        .service(resource("/readyz", "GET, HEAD").route(get().to(health::readyz)))
         .service(
             web::scope("/api/v1")
-                .service(resource("/healthz", "GET").route(web::get().to(health::healthz)))
+                .service(resource("/healthz", "GET, HEAD").route(get().to(health::healthz)))
                 .service(
-                    resource("/users", "GET, POST")
-                        .route(web::get().to(users::list))
+                    resource("/users", "GET, HEAD, POST")
+                        .route(get().to(users::list))
                         .route(web::post().to(users::create)),
                 )
                 .service(
-                    resource("/users/{id}", "GET, PUT, PATCH, DELETE")
-                        .route(web::get().to(users::get))
+                    resource("/users/{id}", "GET, HEAD, PUT, PATCH, DELETE")
+                        .route(get().to(users::get))
                         .route(web::put().to(users::replace))
                         .route(web::patch().to(users::patch))
                         .route(web::delete().to(users::delete)),
                 )
                 .service(
-                    resource("/users/{id}/posts", "GET, POST")
-                        .route(web::get().to(posts::list_for_user))
+                    resource("/users/{id}/posts", "GET, HEAD, POST")
+                        .route(get().to(posts::list_for_user))
                         .route(web::post().to(posts::create_for_user)),
                 )
-                .service(resource("/posts", "GET").route(web::get().to(posts::list)))
+                .service(resource("/posts", "GET, HEAD").route(get().to(posts::list)))
                 .service(
-                    resource("/posts/{id}", "GET, PUT, PATCH, DELETE")
-                        .route(web::get().to(posts::get))
+                    resource("/posts/{id}", "GET, HEAD, PUT, PATCH, DELETE")
+                        .route(get().to(posts::get))
                         .route(web::put().to(posts::replace))
                         .route(web::patch().to(posts::patch))
                         .route(web::delete().to(posts::delete)),
@@ -66,6 +66,11 @@ pub fn routes(config: &mut web::ServiceConfig) {
                 .default_service(not_found()),
         )
         .default_service(not_found());
+}
+
+/// A route for GET that also answers HEAD; actix-web sends no body for HEAD.
+fn get() -> Route {
+    web::route().guard(guard::Any(guard::Get()).or(guard::Head()))
 }
 
 /// A resource whose unmatched methods get 405 with `Allow`.

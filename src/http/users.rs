@@ -5,7 +5,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Deserializer};
 
-use super::body::JsonBody;
+use super::body::{JsonBody, JsonObject};
 use super::params::{if_match, if_none_match, query_error, QueryParams};
 use super::posts::{post_fields, PostFieldsBody};
 use super::problem::ApiError;
@@ -31,7 +31,7 @@ pub struct CreateUserBody {
     #[serde(default)]
     age: Option<i64>,
     #[serde(default)]
-    posts: Option<Vec<PostFieldsBody>>,
+    posts: Option<Vec<JsonObject<PostFieldsBody>>>,
 }
 
 /// A full replacement: a missing `age` becomes null.
@@ -101,7 +101,7 @@ impl CreateUserBody {
             ));
         }
         let mut posts = Vec::with_capacity(raw_posts.len());
-        for (index, post) in raw_posts.into_iter().enumerate() {
+        for (index, JsonObject(post)) in raw_posts.into_iter().enumerate() {
             match post_fields(post) {
                 Ok(post) => posts.push(post),
                 Err(post_errors) => errors

@@ -16,8 +16,9 @@ use futures_util::future::join_all;
 use tokio::sync::oneshot;
 use troupe::actors::queries::users;
 use troupe::actors::{
-    ActorError, CreateUser, DbQuery, DbWorker, DeleteUser, GetUser, GetUserWithPosts, PatchUser,
-    Query, ReplaceUser, RequestCtx, RequestId, StoreStats, UserDb, UserStore, WorkerStats,
+    ActorError, CreateUser, DbQuery, DbWorker, DeleteUser, GetUser, GetUserWithPosts, InjectPanic,
+    PatchUser, Query, ReplaceUser, RequestCtx, RequestId, StoreStats, UserDb, UserStore,
+    WorkerStats,
 };
 use troupe::db::{DbConn, DbError, DbPool, PoolSettings};
 use troupe::domain::{
@@ -182,6 +183,23 @@ fn recorded_store(capacity: usize) -> (Addr<UserStore>, Addr<RecordingDb>, Arc<S
     )
     .start();
     (store, recorder, script)
+}
+
+/// Starts a supervised `UserStore` wired to a fresh `RecordingDb`, as
+/// start-up does, and returns its counters too.
+fn supervised_store(capacity: usize) -> (Addr<UserStore>, Arc<Script>, Arc<StoreStats>) {
+    let script = Arc::new(Script::default());
+    let recorder = RecordingDb {
+        script: Arc::clone(&script),
+    }
+    .start();
+    let stats = Arc::new(StoreStats::default());
+    let db = UserDb::new(&recorder);
+    let store_stats = Arc::clone(&stats);
+    let store = Supervisor::start(move |_| {
+        UserStore::new(db, NonZeroUsize::new(capacity).unwrap(), store_stats)
+    });
+    (store, script, stats)
 }
 
 // ---------------------------------------------------------------------------
@@ -1080,5 +1098,48 @@ async fn store_over_sqlite_workers() {
     assert_eq!(
         after, patched,
         "a read after the patch returns the new value"
+    );
+}
+
+#[actix::test]
+async fn store_panic_restarts_empty() {
+    let (store, script, stats) = supervised_store(8);
+    let ada = user(7, "Ada", "ada@example.com");
+    script
+        .replies()
+        .find
+        .push_back(Reply::Ready(Ok(ada.clone())));
+    script
+        .replies()
+        .find
+        .push_back(Reply::Ready(Ok(ada.clone())));
+    get(&store, id(7)).await.unwrap();
+
+    let crashed = store.send(InjectPanic).await.unwrap();
+    let after_restart = get(&store, id(7)).await;
+
+    assert!(
+        matches!(crashed, Err(ActorError::Panicked { .. })),
+        "the panicking handler replies with an error: {crashed:?}"
+    );
+    assert_eq!(
+        stats.panics.load(Ordering::Relaxed),
+        1,
+        "the panic is counted"
+    );
+    assert_eq!(
+        stats.restarts.load(Ordering::Relaxed),
+        1,
+        "the store restarted once"
+    );
+    assert_eq!(
+        after_restart.unwrap(),
+        ada,
+        "the restarted store still answers"
+    );
+    assert_eq!(
+        script.sent().len(),
+        2,
+        "the restarted store has an empty cache, so the read goes to the database"
     );
 }

@@ -589,9 +589,9 @@ async fn wrong_method_405_allow(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else {
         return;
     };
-    let item = ["GET", "PUT", "PATCH", "DELETE"].as_slice();
-    let collection = ["GET", "POST"].as_slice();
-    let read_only = ["GET"].as_slice();
+    let item = ["GET", "HEAD", "PUT", "PATCH", "DELETE"].as_slice();
+    let collection = ["GET", "HEAD", "POST"].as_slice();
+    let read_only = ["GET", "HEAD"].as_slice();
     let cases = [
         (Method::DELETE, "/api/v1/users", collection),
         (Method::PUT, "/api/v1/users", collection),
@@ -623,6 +623,33 @@ async fn wrong_method_405_allow(backend: Backend) {
         assert_eq!(listed, expected, "{method} {path}: Allow lists the methods");
         let error_body = problem(response, 405).await;
         assert_eq!(error_body["code"], "method_not_allowed", "{method} {path}");
+    }
+    app.stop().await;
+}
+
+/// HEAD answers like GET, with the same status and headers and no body.
+async fn head_matches_get(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let user = app.create_user("Head Check", "head@example.com").await;
+    let paths = [
+        "/healthz".to_owned(),
+        "/api/v1/users".to_owned(),
+        format!("/api/v1/users/{}", user["id"]),
+        "/api/v1/users/999999".to_owned(),
+    ];
+
+    for path in paths {
+        let get = app.get(&path).send().await.unwrap();
+        let head = app.client.head(app.url(&path)).send().await.unwrap();
+        assert_eq!(head.status(), get.status(), "HEAD {path}: status");
+        assert_eq!(
+            header_text(&head, "etag"),
+            header_text(&get, "etag"),
+            "HEAD {path}: ETag"
+        );
+        assert_eq!(head.bytes().await.unwrap().len(), 0, "HEAD {path}: no body");
     }
     app.stop().await;
 }
@@ -1048,6 +1075,7 @@ crate::on_both_backends!(
     path_id_maximum_404,
     unknown_route_404,
     wrong_method_405_allow,
+    head_matches_get,
     body_at_limit_accepted,
     body_one_byte_over_413,
     body_ten_megabytes_413,
