@@ -154,7 +154,7 @@ pub struct ServeArgs {
 }
 
 impl Default for ServeArgs {
-    /// The documented defaults, the same that clap applies.
+    /// Returns the documented defaults, the same values that clap applies.
     fn default() -> Self {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),

@@ -4,7 +4,7 @@
 //!
 //! 1. `http` matches the route; the request middleware assigns the request
 //!    id and span. Extractors turn the path, query and JSON body into domain
-//!    types (`domain`), or answer with a problem (`http::problem`).
+//!    types (`domain`), or reject the request with a problem (`http::problem`).
 //! 2. The handler sends one message carrying a `RequestCtx` (request id,
 //!    span, deadline): user operations to the `UserStore` actor, post
 //!    operations straight to the `DbWorker` pool.

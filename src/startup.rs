@@ -20,7 +20,7 @@ use crate::http::{self, AppState};
 pub const FALLBACK_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const FALLBACK_BODY_LIMIT: usize = 64 * 1024;
 
-/// Why the service could not start.
+/// A failure to start the service.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error("database migration failed")]
@@ -133,12 +133,12 @@ impl Application {
         })
     }
 
-    /// The bound address, with the real port when port 0 was asked for.
+    /// Returns the bound address, with the real port when port 0 was requested.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// A handle that stops the HTTP server and the user store from outside.
+    /// Returns a handle that stops the HTTP server and the user store.
     pub fn stop_handle(&self) -> StopHandle {
         StopHandle {
             server: self.server.handle(),

@@ -40,7 +40,7 @@ impl fmt::Debug for RequestId {
     }
 }
 
-/// What every message carries from the request that caused it: the id, the
+/// The request data that every message carries: the id, the
 /// tracing span that actors enter so their log lines belong to the request,
 /// and the deadline after which work that has not started is skipped.
 #[derive(Clone, Debug)]
@@ -59,7 +59,7 @@ impl RequestCtx {
         }
     }
 
-    /// A context for work that no client request caused, such as a readiness
+    /// Creates a context for work that no client request caused, such as a readiness
     /// probe run at start-up.
     pub fn internal(budget: Duration) -> Self {
         let request_id = RequestId::generate();

@@ -2,7 +2,7 @@ use actix::MailboxError;
 
 use crate::db::DbError;
 
-/// Why a message to an actor produced no value. The HTTP layer turns each
+/// The reason a message to an actor produced no value. The HTTP layer turns each
 /// variant into a status in one place.
 #[derive(Debug, thiserror::Error)]
 pub enum ActorError {

@@ -1,4 +1,4 @@
-//! Everything that knows actix: the actors, their messages and the request
+//! The actor layer: the actors, their messages and the request
 //! context that every message carries.
 //!
 //! - `UserStore` (async, one arbiter, supervised) owns the user cache and

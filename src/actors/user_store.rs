@@ -63,7 +63,7 @@ store_message!(
 );
 
 /// Sent by a write's reply future to its own store after the database has
-/// answered and before the client gets the reply.
+/// replied and before the client gets the reply.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 struct WriteFinished {
@@ -84,7 +84,7 @@ pub struct UserDb {
     pub delete: Recipient<Query<users::Delete>>,
 }
 
-/// An actor that answers every query `UserDb` sends.
+/// An actor that handles every query `UserDb` sends.
 pub trait UserQueryHandler:
     Actor
     + Handler<Query<users::Find>>
@@ -143,8 +143,8 @@ pub struct StoreStats {
 /// The owner of user state. Every user operation passes through it. It runs
 /// on its own arbiter under an `actix::Supervisor` and keeps a bounded LRU
 /// cache of users by id. Reads and writes go on to the `DbWorker` pool as
-/// messages; the store never waits on the database itself, so many requests
-/// are in flight at once.
+/// messages. The store never blocks on the database itself, so many
+/// requests are in flight at once.
 ///
 /// The cache never serves a user older than the client's last acknowledged
 /// write: a write evicts its user when it starts and again when the database

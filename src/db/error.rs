@@ -2,7 +2,7 @@
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
-/// Why a database operation did not produce its value.
+/// The reason a database operation did not produce its value.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("no such resource")]

@@ -1,4 +1,4 @@
-//! Everything that knows Diesel: the schema, row types, connection pools,
+//! The Diesel layer: the schema, row types, connection pools,
 //! migrations, the query functions and the mapping of Diesel errors.
 //!
 //! Query functions take a `&mut DbConn` and are written once: `with_conn!`

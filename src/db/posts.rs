@@ -1,5 +1,5 @@
-//! Queries on posts. Every function sees only posts that are not deleted;
-//! deleting a user deletes its posts in the same transaction, so a visible
+//! Queries on posts. Every function ignores posts that are deleted.
+//! Deleting a user deletes its posts in the same transaction, so a visible
 //! post always belongs to a visible user.
 
 use chrono::NaiveDateTime;

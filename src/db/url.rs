@@ -1,7 +1,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-/// Where the data lives: a PostgreSQL server or an SQLite file.
+/// The database location: a PostgreSQL server or an SQLite file.
 #[derive(Clone, PartialEq, Eq)]
 pub enum DatabaseUrl {
     Postgres(String),

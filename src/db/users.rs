@@ -1,4 +1,4 @@
-//! Queries on users. Every function sees only users that are not deleted.
+//! Queries on users. Every function ignores users that are deleted.
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;

@@ -42,7 +42,8 @@ impl PageRequest {
         self.limit
     }
 
-    /// The number of rows before this page; `parse` guarantees it fits.
+    /// Returns the number of rows before this page, which `parse` checked
+    /// fits in an `i64`.
     pub fn offset(self) -> i64 {
         self.checked_offset().unwrap_or(i64::MAX)
     }
@@ -51,7 +52,7 @@ impl PageRequest {
         (self.page - 1).checked_mul(self.limit)
     }
 
-    /// The last page number for `total` rows, at least 1.
+    /// Returns the last page number for `total` rows, at least 1.
     pub fn last_page(self, total: i64) -> i64 {
         ((total + self.limit - 1) / self.limit).max(1)
     }

@@ -1,5 +1,5 @@
-//! Validated value types. Nothing here knows HTTP, actix or Diesel: each type
-//! is built by a fallible constructor, so a value that exists is valid.
+//! Validated value types, free of HTTP, actix and Diesel. Each type is built
+//! by a fallible constructor, so a value that exists is valid.
 
 mod error;
 mod ids;
@@ -26,7 +26,7 @@ pub fn now() -> Timestamp {
     chrono::DateTime::from_timestamp_micros(micros).unwrap_or(now)
 }
 
-/// How a DELETE removes a resource.
+/// The kind of removal a DELETE performs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeleteMode {
     /// Marks the rows deleted; reads stop returning them.

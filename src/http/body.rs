@@ -154,7 +154,7 @@ fn shape_error(path: String, error: serde_json::Error) -> ApiError {
 }
 
 /// Joins the error's path and the field it names. The path of an unknown
-/// field usually ends with the field already; the path of a missing field,
+/// field usually ends with that field already. The path of a missing field,
 /// or of any error inside a `JsonObject`, stops at the enclosing object.
 fn field_path(path: &str, name: &str) -> String {
     if path == "." || path.is_empty() {

@@ -10,7 +10,7 @@ use super::AppState;
 use crate::actors::queries::CheckReady;
 use crate::actors::{ActorError, Query, RequestCtx};
 
-/// Answers 200 while the process and its actors run. It never touches the
+/// Returns 200 while the process and its actors run. It never touches the
 /// database, so it stays fast when the database is slow or locked.
 pub async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if !state.store.connected() || !state.db.connected() {
@@ -19,7 +19,7 @@ pub async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
     Ok(HttpResponse::Ok().json(json!({ "status": "ok" })))
 }
 
-/// Answers 200 when a worker reaches the database, every migration is
+/// Returns 200 when a worker reaches the database, every migration is
 /// applied and the user store runs; 503 otherwise.
 pub async fn readyz(state: web::Data<AppState>, ctx: RequestCtx) -> Result<HttpResponse, ApiError> {
     if !state.store.connected() {

@@ -1,4 +1,4 @@
-//! Everything that knows HTTP: the route table, extractors, representations
+//! The HTTP layer: the route table, extractors, representations
 //! and the problem format. Handlers validate input into domain types, send
 //! one message to an actor and render its reply.
 
@@ -30,7 +30,7 @@ pub struct AppState {
     pub body_limit: usize,
 }
 
-/// The route table.
+/// Registers every route.
 pub fn routes(config: &mut web::ServiceConfig) {
     config
         .service(resource("/healthz", "GET, HEAD").route(get().to(health::healthz)))
@@ -68,12 +68,13 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .default_service(not_found());
 }
 
-/// A route for GET that also answers HEAD; actix-web sends no body for HEAD.
+/// Builds a route for GET that also serves HEAD. actix-web sends no body
+/// in a HEAD response.
 fn get() -> Route {
     web::route().guard(guard::Any(guard::Get()).or(guard::Head()))
 }
 
-/// A resource whose unmatched methods get 405 with `Allow`.
+/// Builds a resource whose unmatched methods get 405 with `Allow`.
 fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
     web::resource(path).default_service(web::to(move || async move {
         Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow })

@@ -98,7 +98,7 @@ impl QueryParams {
         }
     }
 
-    /// The query string with `page` replaced, for `Link` headers.
+    /// Returns the query string with `page` replaced, for `Link` headers.
     pub fn with_page(&self, page: i64) -> String {
         let mut pairs: Vec<(&str, String)> = self
             .pairs

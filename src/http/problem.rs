@@ -20,7 +20,7 @@ const RETRY_AFTER_SECONDS: u32 = 1;
 
 type Cause = Box<dyn StdError + 'static>;
 
-/// Why a request failed, as the client sees it.
+/// A request failure, as the client sees it.
 #[derive(Debug)]
 pub enum ApiError {
     /// The body is not well-formed JSON (syntax error, truncated, bad UTF-8).
@@ -62,7 +62,7 @@ pub enum ApiError {
     },
 }
 
-/// Why a 503 was returned; also its `code`.
+/// The reason for a 503, which is also its `code`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnavailableReason {
     DatabaseUnavailable,
@@ -127,7 +127,7 @@ impl ApiError {
         }
     }
 
-    /// The stable snake_case code that clients match on.
+    /// Returns the stable snake_case code that clients match on.
     pub fn code(&self) -> &'static str {
         match self {
             Self::MalformedJson(_) => "malformed_json",
@@ -181,7 +181,7 @@ impl ApiError {
         }
     }
 
-    /// The logged cause of a 5xx, never sent to the client.
+    /// Returns the cause of a 5xx for the log. It is never sent to the client.
     pub fn cause(&self) -> Option<&(dyn StdError + 'static)> {
         match self {
             Self::Unavailable { cause, .. } => cause.as_deref(),

@@ -7,7 +7,7 @@ pub mod users;
 use super::DbQuery;
 use crate::db::{self, DbConn, DbError};
 
-/// Checks that the database answers and every migration is applied.
+/// Checks that the database responds and every migration is applied.
 #[derive(Debug, Clone)]
 pub struct CheckReady;
 
@@ -20,7 +20,7 @@ impl DbQuery for CheckReady {
     }
 }
 
-/// The time a write is stamped with: taken when the worker runs it.
+/// Returns the timestamp for a write, taken when the worker runs it.
 fn now() -> chrono::NaiveDateTime {
     crate::domain::now().naive_utc()
 }
