@@ -9,7 +9,11 @@
 //! | `TROUPE_DB_WORKERS` | 4 | `DbWorker` threads, at most the pool size |
 //! | `TROUPE_DB_CONNECT_TIMEOUT_MS` | 5000 | wait for a pooled connection |
 //! | `TROUPE_SQLITE_BUSY_TIMEOUT_MS` | 5000 | SQLite wait for another writer |
+//! | `TROUPE_PG_STATEMENT_TIMEOUT_MS` | 5000 | PostgreSQL `statement_timeout` |
 //! | `TROUPE_REQUEST_TIMEOUT_MS` | 10000 | budget of one request's database work |
+//! | `TROUPE_DB_QUEUE_CAPACITY` | 256 | requests admitted to the database at once |
+//! | `TROUPE_DB_QUEUE_WAIT_MS` | 100 | wait for admission before a 503 |
+//! | `TROUPE_SHUTDOWN_TIMEOUT_SECS` | 30 | time in-flight requests get at shutdown |
 //! | `TROUPE_BODY_LIMIT_BYTES` | 65536 | largest accepted request body |
 //! | `TROUPE_CACHE_CAPACITY` | 10000 | users kept in the user-store cache |
 //! | `TROUPE_HTTP_WORKERS` | cores | HTTP worker threads |
@@ -31,7 +35,11 @@ pub const DEFAULT_DB_POOL_SIZE: u32 = 4;
 pub const DEFAULT_DB_WORKERS: u32 = 4;
 pub const DEFAULT_DB_CONNECT_TIMEOUT_MS: u64 = 5000;
 pub const DEFAULT_SQLITE_BUSY_TIMEOUT_MS: u64 = 5000;
+pub const DEFAULT_PG_STATEMENT_TIMEOUT_MS: u64 = 5000;
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_DB_QUEUE_CAPACITY: u32 = 256;
+pub const DEFAULT_DB_QUEUE_WAIT_MS: u64 = 100;
+pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_BODY_LIMIT_BYTES: u64 = 64 * 1024;
 pub const DEFAULT_CACHE_CAPACITY: NonZeroUsize = match NonZeroUsize::new(10_000) {
     Some(capacity) => capacity,
@@ -132,11 +140,33 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub sqlite_busy_timeout_ms: u64,
 
+    /// Milliseconds one PostgreSQL statement may run (`statement_timeout`);
+    /// must be less than the request timeout.
+    #[arg(long, env = "TROUPE_PG_STATEMENT_TIMEOUT_MS", default_value_t = DEFAULT_PG_STATEMENT_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub pg_statement_timeout_ms: u64,
+
     /// Milliseconds a request may wait for its database work to start;
     /// after that it gets 503 and nothing is applied.
     #[arg(long, env = "TROUPE_REQUEST_TIMEOUT_MS", default_value_t = DEFAULT_REQUEST_TIMEOUT_MS,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub request_timeout_ms: u64,
+
+    /// Requests admitted to the database workers at once, queued or
+    /// running; more wait up to --db-queue-wait-ms, then get 503.
+    #[arg(long, env = "TROUPE_DB_QUEUE_CAPACITY", default_value_t = DEFAULT_DB_QUEUE_CAPACITY,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub db_queue_capacity: u32,
+
+    /// Milliseconds a request waits for room in the database queue.
+    #[arg(long, env = "TROUPE_DB_QUEUE_WAIT_MS", default_value_t = DEFAULT_DB_QUEUE_WAIT_MS,
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub db_queue_wait_ms: u64,
+
+    /// Seconds in-flight requests get to finish after SIGTERM or SIGINT.
+    #[arg(long, env = "TROUPE_SHUTDOWN_TIMEOUT_SECS", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub shutdown_timeout_secs: u64,
 
     /// Largest request body in bytes; larger bodies get 413.
     #[arg(long, env = "TROUPE_BODY_LIMIT_BYTES", default_value_t = DEFAULT_BODY_LIMIT_BYTES,
@@ -162,7 +192,11 @@ impl Default for ServeArgs {
             db_workers: DEFAULT_DB_WORKERS,
             db_connect_timeout_ms: DEFAULT_DB_CONNECT_TIMEOUT_MS,
             sqlite_busy_timeout_ms: DEFAULT_SQLITE_BUSY_TIMEOUT_MS,
+            pg_statement_timeout_ms: DEFAULT_PG_STATEMENT_TIMEOUT_MS,
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            db_queue_capacity: DEFAULT_DB_QUEUE_CAPACITY,
+            db_queue_wait_ms: DEFAULT_DB_QUEUE_WAIT_MS,
+            shutdown_timeout_secs: DEFAULT_SHUTDOWN_TIMEOUT_SECS,
             body_limit_bytes: DEFAULT_BODY_LIMIT_BYTES,
             cache_capacity: DEFAULT_CACHE_CAPACITY,
             http_workers: None,
@@ -182,9 +216,18 @@ pub struct Settings {
     pub pool: PoolSettings,
     pub db_workers: usize,
     pub request_timeout: Duration,
+    pub queue: QueueSettings,
+    pub shutdown_timeout: Duration,
     pub body_limit: usize,
     pub cache_capacity: NonZeroUsize,
     pub http_workers: Option<usize>,
+}
+
+/// Admission to the database workers.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueSettings {
+    pub capacity: usize,
+    pub wait: Duration,
 }
 
 /// A combination of settings that cannot work together.
@@ -196,6 +239,16 @@ pub enum ConfigError {
          so the pool must be at least as large"
     )]
     PoolSmallerThanWorkers { workers: u32, pool: u32 },
+    #[error(
+        "{setting} is {value} ms but --request-timeout-ms (TROUPE_REQUEST_TIMEOUT_MS) \
+         is {budget} ms; a database wait must end within the request budget, so \
+         lower {setting} or raise the request timeout"
+    )]
+    WaitExceedsBudget {
+        setting: &'static str,
+        value: u64,
+        budget: u64,
+    },
 }
 
 impl Settings {
@@ -206,6 +259,26 @@ impl Settings {
                 pool: serve.db_pool_size,
             });
         }
+        let waits = [
+            (
+                "--sqlite-busy-timeout-ms (TROUPE_SQLITE_BUSY_TIMEOUT_MS)",
+                serve.sqlite_busy_timeout_ms,
+            ),
+            (
+                "--pg-statement-timeout-ms (TROUPE_PG_STATEMENT_TIMEOUT_MS)",
+                serve.pg_statement_timeout_ms,
+            ),
+        ];
+        for (setting, value) in waits {
+            if value >= serve.request_timeout_ms {
+                return Err(ConfigError::WaitExceedsBudget {
+                    setting,
+                    value,
+                    budget: serve.request_timeout_ms,
+                });
+            }
+        }
+
         Ok(Self {
             bind: serve.bind,
             database_url,
@@ -213,9 +286,15 @@ impl Settings {
                 max_size: serve.db_pool_size,
                 connection_timeout: Duration::from_millis(serve.db_connect_timeout_ms),
                 sqlite_busy_timeout: Duration::from_millis(serve.sqlite_busy_timeout_ms),
+                pg_statement_timeout: Duration::from_millis(serve.pg_statement_timeout_ms),
             },
             db_workers: serve.db_workers as usize,
             request_timeout: Duration::from_millis(serve.request_timeout_ms),
+            queue: QueueSettings {
+                capacity: serve.db_queue_capacity as usize,
+                wait: Duration::from_millis(serve.db_queue_wait_ms),
+            },
+            shutdown_timeout: Duration::from_secs(serve.shutdown_timeout_secs),
             body_limit: serve.body_limit_bytes as usize,
             cache_capacity: serve.cache_capacity,
             http_workers: serve.http_workers.map(|n| n as usize),
@@ -271,6 +350,34 @@ mod tests {
                 .map(|e| e.to_string())
                 .unwrap_or_default();
             assert!(error.contains(setting), "{args:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn database_waits_fit_budget() {
+        let url = DatabaseUrl::Sqlite("x.db".into());
+        let cases = [
+            (
+                "TROUPE_SQLITE_BUSY_TIMEOUT_MS",
+                ServeArgs {
+                    sqlite_busy_timeout_ms: 10_000,
+                    ..ServeArgs::default()
+                },
+            ),
+            (
+                "TROUPE_PG_STATEMENT_TIMEOUT_MS",
+                ServeArgs {
+                    pg_statement_timeout_ms: 20_000,
+                    ..ServeArgs::default()
+                },
+            ),
+        ];
+        for (setting, serve) in cases {
+            let error = Settings::new(url.clone(), &serve)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(error.contains(setting), "{setting}: {error}");
         }
     }
 

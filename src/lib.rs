@@ -21,6 +21,7 @@
 //! - `db`: schema, pools, migrations, query functions, Diesel error mapping.
 //! - `actors`: `UserStore`, `DbWorker`, their messages and the query types.
 //! - `http`: routes, handlers, extractors, JSON representations, problems.
+//! - `metrics`: the Prometheus registry behind `GET /metrics`.
 //! - `startup`: builds and runs the whole service; tests use it too.
 //! - `telemetry`: the log subscriber.
 
@@ -29,5 +30,6 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod http;
+pub mod metrics;
 pub mod startup;
 pub mod telemetry;

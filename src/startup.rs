@@ -10,11 +10,12 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 
-use crate::actors::{DbWorker, StoreStats, UserDb, UserStore, WorkerStats};
+use crate::actors::{Admission, DbWorker, StoreStats, UserDb, UserStore, WorkerStats};
 use crate::config::Settings;
 use crate::db::migrations::{self, MigrationError};
 use crate::db::DbPool;
 use crate::http::{self, AppState};
+use crate::metrics::{self, Metrics, Sources};
 
 /// Used only if the app state is missing, which the app factory prevents.
 pub const FALLBACK_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,6 +28,8 @@ pub enum StartupError {
     Migration(#[from] MigrationError),
     #[error("connecting the database pool failed")]
     Pool(#[from] r2d2::Error),
+    #[error("registering metrics failed")]
+    Metrics(#[from] prometheus::Error),
     #[error("the blocking thread pool is gone")]
     Blocking(#[from] actix_web::error::BlockingError),
     #[error("binding {addr} failed")]
@@ -80,12 +83,15 @@ impl Application {
         let pool = web::block(move || DbPool::connect(&url, &pool_settings)).await??;
 
         let worker_stats = Arc::new(WorkerStats::default());
-        let db = DbWorker::start_pool(settings.db_workers, pool, Arc::clone(&worker_stats));
+        let db = DbWorker::start_pool(settings.db_workers, pool.clone(), Arc::clone(&worker_stats));
+        let queue_wait = metrics::queue_wait_histogram()?;
+        let admission = Admission::new(settings.queue.capacity, settings.queue.wait)
+            .with_wait_histogram(queue_wait.clone());
         let store_stats = Arc::new(StoreStats::default());
         let store_arbiter = Arbiter::new();
         let store = UserStore::start_supervised(
             &store_arbiter.handle(),
-            UserDb::new(&db),
+            UserDb::new(&db).with_admission(admission.clone()),
             settings.cache_capacity,
             Arc::clone(&store_stats),
         );
@@ -99,9 +105,18 @@ impl Application {
             source,
         })?;
 
+        let metrics = Arc::new(Metrics::new(Sources {
+            pool: pool.clone(),
+            admission: admission.clone(),
+            queue_wait,
+            worker_stats: Arc::clone(&worker_stats),
+            store_stats: Arc::clone(&store_stats),
+        })?);
         let state = web::Data::new(AppState {
             store: store.clone(),
             db,
+            admission,
+            metrics,
             request_timeout: settings.request_timeout,
             body_limit: settings.body_limit,
         });

@@ -8,6 +8,9 @@ use crate::db::DbError;
 pub enum ActorError {
     #[error(transparent)]
     Db(#[from] DbError),
+    /// The database queue stayed full, so the work was not sent.
+    #[error("database queue is full")]
+    Overloaded,
     /// The deadline passed before a worker started the work, so nothing was
     /// applied.
     #[error("deadline passed before the work started")]

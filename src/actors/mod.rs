@@ -6,12 +6,14 @@
 //! - `DbWorker` (sync, one thread each in a `SyncArbiter`) owns a database
 //!   connection and runs one query per message.
 
+mod admission;
 mod context;
 mod db_worker;
 mod error;
 pub mod queries;
 mod user_store;
 
+pub use admission::{Admission, Ticket};
 pub use context::{RequestCtx, RequestId};
 pub use db_worker::{DbQuery, DbWorker, Query, WorkerStats};
 pub(crate) use error::panic_message;

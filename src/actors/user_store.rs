@@ -9,7 +9,7 @@ use actix::prelude::*;
 use lru::LruCache;
 
 use super::queries::users;
-use super::{panic_message, ActorError, DbQuery, Query, RequestCtx};
+use super::{panic_message, ActorError, Admission, DbQuery, Query, RequestCtx};
 use crate::domain::{
     DeleteMode, IfMatch, NewUser, Page, PageRequest, User, UserFields, UserFilter, UserId,
     UserPatch, UserSort, UserWithPosts,
@@ -82,6 +82,8 @@ pub struct UserDb {
     pub replace: Recipient<Query<users::Replace>>,
     pub update: Recipient<Query<users::Update>>,
     pub delete: Recipient<Query<users::Delete>>,
+    /// The bound shared with every other sender to the pool.
+    pub admission: Admission,
 }
 
 /// An actor that handles every query `UserDb` sends.
@@ -129,8 +131,30 @@ impl UserDb {
             replace: addr.clone().recipient(),
             update: addr.clone().recipient(),
             delete: addr.clone().recipient(),
+            admission: Admission::unbounded(),
         }
     }
+
+    /// Makes every query wait for a place in `admission` first.
+    pub fn with_admission(mut self, admission: Admission) -> Self {
+        self.admission = admission;
+        self
+    }
+}
+
+/// Takes a place in the database queue, then sends `query` and waits for
+/// the worker's reply. The place is freed when the reply arrives.
+async fn send_admitted<Q>(
+    admission: Admission,
+    recipient: Recipient<Query<Q>>,
+    query: Query<Q>,
+) -> Result<Q::Output, ActorError>
+where
+    Q: DbQuery,
+    Query<Q>: Message<Result = Result<Q::Output, ActorError>>,
+{
+    let _ticket = admission.admit().await?;
+    ActorError::flatten("db_worker", recipient.send(query).await)
 }
 
 /// Counters of one `UserStore`, kept across its restarts.
@@ -225,10 +249,10 @@ impl UserStore {
         if let Some(id) = id {
             self.evict(id);
         }
-        let reply = recipient.send(request);
+        let reply = send_admitted(self.db.admission.clone(), recipient.clone(), request);
         let store = ctx.address();
         Box::pin(async move {
-            let result = ActorError::flatten("db_worker", reply.await);
+            let result = reply.await;
             if let Some(id) = id {
                 // If the store is restarting it has dropped its cache anyway.
                 let _ = store.send(WriteFinished { id }).await;
@@ -302,9 +326,9 @@ impl Handler<GetUser> for UserStore {
 
             let generation = store.generation;
             let span = span.clone();
-            let reply = store.db.find.send(Query::new(request, users::Find { id }));
-            Box::pin(reply.into_actor(store).map(move |delivery, store, _| {
-                let result = ActorError::flatten("db_worker", delivery);
+            let query = Query::new(request, users::Find { id });
+            let reply = send_admitted(store.db.admission.clone(), store.db.find.clone(), query);
+            Box::pin(reply.into_actor(store).map(move |result, store, _| {
                 if let Ok(user) = &result {
                     if store.generation == generation {
                         store.cache.put(id, user.clone());
@@ -327,8 +351,12 @@ macro_rules! forward_read {
 
             fn handle(&mut self, $m: $message, _: &mut Context<Self>) -> Self::Result {
                 let request = $m.ctx.clone();
-                let reply = self.db.$recipient.send(Query::new(request, $query));
-                Box::pin(async move { ActorError::flatten("db_worker", reply.await) })
+                let query = Query::new(request, $query);
+                Box::pin(send_admitted(
+                    self.db.admission.clone(),
+                    self.db.$recipient.clone(),
+                    query,
+                ))
             }
         }
     };

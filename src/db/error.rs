@@ -46,9 +46,7 @@ impl From<DieselError> for DbError {
             DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => {
                 Self::Busy(error)
             }
-            DieselError::DatabaseError(_, ref info) if is_sqlite_busy(info.message()) => {
-                Self::Busy(error)
-            }
+            DieselError::DatabaseError(_, ref info) if is_busy(info.message()) => Self::Busy(error),
             DieselError::BrokenTransactionManager => Self::Unavailable(Box::new(error)),
             other => Self::Query(other),
         }
@@ -61,7 +59,13 @@ impl From<r2d2::Error> for DbError {
     }
 }
 
-/// SQLite reports SQLITE_BUSY and SQLITE_LOCKED only through the message.
-fn is_sqlite_busy(message: &str) -> bool {
-    message.contains("database is locked") || message.contains("database table is locked")
+/// Tells whether a database error means "try again later": SQLite's
+/// SQLITE_BUSY and SQLITE_LOCKED, and PostgreSQL's cancellation by
+/// `statement_timeout` or `lock_timeout`. Diesel exposes neither backend's
+/// error code, so the message is matched.
+fn is_busy(message: &str) -> bool {
+    message.contains("database is locked")
+        || message.contains("database table is locked")
+        || message.contains("canceling statement due to statement timeout")
+        || message.contains("canceling statement due to lock timeout")
 }

@@ -54,6 +54,9 @@ pub struct PoolSettings {
     pub connection_timeout: Duration,
     /// How long an SQLite connection waits for another writer's lock.
     pub sqlite_busy_timeout: Duration,
+    /// How long one PostgreSQL statement may run before the server cancels
+    /// it and rolls its transaction back.
+    pub pg_statement_timeout: Duration,
 }
 
 /// The r2d2 pool of one backend. Cloning shares the pool.
@@ -70,7 +73,9 @@ impl DbPool {
         match url {
             DatabaseUrl::Postgres(raw) => {
                 let pool = pool_builder(settings)
-                    .connection_customizer(Box::new(PgSession))
+                    .connection_customizer(Box::new(PgSession {
+                        statement_timeout: settings.pg_statement_timeout,
+                    }))
                     .build(ConnectionManager::new(raw))?;
                 Ok(Self::Pg(pool))
             }
@@ -112,14 +117,21 @@ where
 }
 
 /// Session settings for every PostgreSQL connection. Timestamps are bound as
-/// `timestamp` values in UTC and stored in `timestamptz` columns; the
-/// conversion uses the session time zone, so it must be UTC.
+/// `timestamp` values in UTC and stored in `timestamptz` columns. The
+/// conversion uses the session time zone, so it must be UTC. The statement
+/// timeout keeps one slow statement from outliving its request's budget.
 #[derive(Debug)]
-struct PgSession;
+struct PgSession {
+    statement_timeout: Duration,
+}
 
 impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for PgSession {
     fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
-        conn.batch_execute("SET TIME ZONE 'UTC'")
+        let settings = format!(
+            "SET TIME ZONE 'UTC'; SET statement_timeout = {}",
+            self.statement_timeout.as_millis()
+        );
+        conn.batch_execute(&settings)
             .map_err(diesel::r2d2::Error::QueryError)
     }
 }

@@ -19,6 +19,17 @@ pub async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
     Ok(HttpResponse::Ok().json(json!({ "status": "ok" })))
 }
 
+/// Renders every metric in the Prometheus text format.
+pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let text = state
+        .metrics
+        .render()
+        .map_err(|e| ApiError::Internal { cause: Box::new(e) })?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(text))
+}
+
 /// Returns 200 when a worker reaches the database, every migration is
 /// applied and the user store runs; 503 otherwise.
 pub async fn readyz(state: web::Data<AppState>, ctx: RequestCtx) -> Result<HttpResponse, ApiError> {

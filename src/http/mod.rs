@@ -11,6 +11,7 @@ mod representation;
 mod request;
 mod users;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
@@ -18,7 +19,8 @@ use actix_web::{guard, web, HttpResponse, Route};
 
 pub use request::{request_context, REQUEST_ID_HEADER};
 
-use crate::actors::{DbWorker, UserStore};
+use crate::actors::{Admission, DbWorker, UserStore};
+use crate::metrics::Metrics;
 use problem::ApiError;
 
 /// Shared, read-only state of every HTTP worker: actor addresses and limits.
@@ -26,6 +28,9 @@ use problem::ApiError;
 pub struct AppState {
     pub store: Addr<UserStore>,
     pub db: Addr<DbWorker>,
+    /// The bound on database work, shared with the user store.
+    pub admission: Admission,
+    pub metrics: Arc<Metrics>,
     pub request_timeout: Duration,
     pub body_limit: usize,
 }
@@ -35,6 +40,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
     config
         .service(resource("/healthz", "GET, HEAD").route(get().to(health::healthz)))
         .service(resource("/readyz", "GET, HEAD").route(get().to(health::readyz)))
+        .service(resource("/metrics", "GET, HEAD").route(get().to(health::metrics)))
         .service(
             web::scope("/api/v1")
                 .service(resource("/healthz", "GET, HEAD").route(get().to(health::healthz)))

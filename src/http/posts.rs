@@ -71,12 +71,14 @@ impl PatchPostBody {
     }
 }
 
-/// Sends a query to the worker pool and joins both layers of the result.
+/// Takes a place in the database queue, sends a query to the worker pool and
+/// joins both layers of the result.
 async fn run<Q: DbQuery>(
     state: &AppState,
     ctx: RequestCtx,
     query: Q,
 ) -> Result<Q::Output, ApiError> {
+    let _ticket = state.admission.admit().await?;
     let delivery = state.db.send(Query::new(ctx, query)).await;
     ActorError::flatten("db_worker", delivery).map_err(ApiError::from)
 }

@@ -65,6 +65,7 @@ pub enum ApiError {
 /// The reason for a 503, which is also its `code`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnavailableReason {
+    Overloaded,
     DatabaseUnavailable,
     DatabaseBusy,
     DeadlineExceeded,
@@ -75,6 +76,7 @@ pub enum UnavailableReason {
 impl UnavailableReason {
     fn code(self) -> &'static str {
         match self {
+            Self::Overloaded => "overloaded",
             Self::DatabaseUnavailable => "database_unavailable",
             Self::DatabaseBusy => "database_busy",
             Self::DeadlineExceeded => "deadline_exceeded",
@@ -85,6 +87,7 @@ impl UnavailableReason {
 
     fn detail(self) -> &'static str {
         match self {
+            Self::Overloaded => "The service is overloaded. Nothing was changed; retry later.",
             Self::DatabaseUnavailable => {
                 "The database cannot be reached. Nothing was changed; retry later."
             }
@@ -177,6 +180,14 @@ impl ApiError {
     fn field_errors(&self) -> Option<&[FieldError]> {
         match self {
             Self::Validation(errors) | Self::InvalidQuery(errors) => Some(&errors.errors),
+            _ => None,
+        }
+    }
+
+    /// Returns the `code` of a 503, for metrics.
+    pub fn unavailable_reason(&self) -> Option<&'static str> {
+        match self {
+            Self::Unavailable { reason, .. } => Some(reason.code()),
             _ => None,
         }
     }
@@ -305,6 +316,7 @@ impl From<ActorError> for ApiError {
             ActorError::Db(error @ DbError::Query(_)) => Self::Internal {
                 cause: Box::new(error),
             },
+            ActorError::Overloaded => Self::unavailable(Overloaded),
             error @ ActorError::DeadlineExceeded => Self::Unavailable {
                 reason: DeadlineExceeded,
                 cause: Some(Box::new(error)),

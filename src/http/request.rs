@@ -7,6 +7,7 @@ use std::time::Instant;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use tracing::Instrument;
@@ -51,29 +52,65 @@ pub async fn request_context(
         .instrument(span.clone())
         .await?
         .map_into_boxed_body();
+    // Read the error before `render_problem` replaces the response with
+    // one that no longer carries it.
+    let api_error = response
+        .response()
+        .error()
+        .and_then(|e| e.as_error::<ApiError>());
+    let cause = api_error.and_then(ApiError::cause).map(cause_chain);
+    let unavailable = api_error.and_then(ApiError::unavailable_reason);
+
     let mut response = render_problem(response, &request_id);
     response
         .headers_mut()
         .insert(REQUEST_ID_HEADER, request_id_header(&request_id));
 
     let status = response.status().as_u16();
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed().as_secs_f64();
+    if let Some(state) = response.request().app_data::<web::Data<AppState>>() {
+        let metrics = &state.metrics;
+        metrics.observe_request(metric_method(&method), &route, status, elapsed);
+        if let Some(reason) = unavailable {
+            metrics.observe_unavailable(reason);
+        }
+    }
+
+    // A 503 is trouble the service recovers from; any other 5xx needs a
+    // person, so it is an error.
+    let latency_ms = elapsed * 1000.0;
+    let cause = cause.as_deref().unwrap_or("none recorded");
     let _entered = span.enter();
-    let api_error = response
-        .response()
-        .error()
-        .and_then(|e| e.as_error::<ApiError>());
-    match api_error.and_then(ApiError::cause) {
-        Some(cause) if status >= 500 => tracing::error!(
+    match status {
+        503 => tracing::warn!(
             http.status = status,
             latency_ms,
-            error.cause_chain = %cause_chain(cause),
+            error.cause_chain = cause,
             "request failed"
         ),
-        _ if status >= 500 => tracing::error!(http.status = status, latency_ms, "request failed"),
+        500.. => tracing::error!(
+            http.status = status,
+            latency_ms,
+            error.cause_chain = cause,
+            "request failed"
+        ),
         _ => tracing::info!(http.status = status, latency_ms, "request finished"),
     }
     Ok(response)
+}
+
+/// Keeps the method label's values few: unknown methods share one label.
+fn metric_method(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// Renders an error response as a problem that carries the request id.

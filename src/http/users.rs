@@ -160,6 +160,23 @@ impl PatchUserBody {
     }
 }
 
+/// Counts a message to the user store until its reply arrives or the request
+/// is dropped.
+struct InFlight<'a>(&'a prometheus::IntGauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Sends a message to the user store and joins both layers of the result.
 async fn ask<M, T>(state: &AppState, message: M) -> Result<T, ApiError>
 where
@@ -167,6 +184,7 @@ where
     T: Send + 'static,
     crate::actors::UserStore: actix::Handler<M>,
 {
+    let _in_flight = InFlight::enter(&state.metrics.store_in_flight);
     let delivery = state.store.send(message).await;
     ActorError::flatten("user_store", delivery).map_err(ApiError::from)
 }

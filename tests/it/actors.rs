@@ -761,6 +761,7 @@ fn start_workers(backend: Backend, count: usize) -> Option<Workers> {
         max_size: u32::try_from(count).unwrap(),
         connection_timeout: Duration::from_secs(10),
         sqlite_busy_timeout: Duration::from_secs(10),
+        pg_statement_timeout: Duration::from_secs(10),
     };
     let pool = DbPool::connect(&db.url, &settings).unwrap();
     let stats = Arc::new(WorkerStats::default());

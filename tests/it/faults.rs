@@ -6,6 +6,7 @@ use diesel::connection::SimpleConnection;
 use diesel::{Connection, SqliteConnection};
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
+use troupe::config::QueueSettings;
 use troupe::db::DatabaseUrl;
 
 use crate::helpers::{Backend, TestApp};
@@ -110,3 +111,164 @@ async fn healthz_answers_while_sqlite_locked() {
 }
 
 crate::on_both_backends!(burst_creates_match_rows);
+
+/// Reads one sample from `/metrics`, such as
+/// `troupe_unavailable_responses_total{reason="overloaded"}`; a sample that
+/// is not there yet counts as 0.
+pub async fn metric(app: &TestApp, sample: &str) -> f64 {
+    let text = app
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter_map(|line| line.strip_prefix(sample))
+        .filter_map(|rest| rest.strip_prefix(' '))
+        .find_map(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Holds SQLite's write lock from another connection until dropped.
+struct SqliteLock(SqliteConnection);
+
+impl SqliteLock {
+    fn take(app: &TestApp) -> Self {
+        let DatabaseUrl::Sqlite(path) = app.db.url.clone() else {
+            unreachable!("an SQLite test database")
+        };
+        let mut conn = SqliteConnection::establish(&path.to_string_lossy()).unwrap();
+        conn.batch_execute("BEGIN EXCLUSIVE").unwrap();
+        Self(conn)
+    }
+
+    fn release(mut self) {
+        self.0.batch_execute("ROLLBACK").unwrap();
+    }
+}
+
+fn create_request(app: &TestApp, n: usize) -> reqwest::RequestBuilder {
+    app.post_json(
+        "/api/v1/users",
+        &json!({ "name": format!("Queued {n}"), "email": format!("queued{n}@example.com") }),
+    )
+}
+
+/// With the only queue place taken by a write stuck behind a lock, the next
+/// request is rejected at once with 503 `overloaded` and stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_rejects_with_503() {
+    let spawned = TestApp::spawn_with(Backend::Sqlite, |settings| {
+        settings.queue = QueueSettings {
+            capacity: 1,
+            wait: Duration::from_millis(10),
+        };
+    });
+    let Some(app) = spawned.await else { return };
+    let lock = SqliteLock::take(&app);
+
+    let first = tokio::spawn(create_request(&app, 1).send());
+    // Polls until the first create holds the queue place; the loop is
+    // bounded so that a create that never arrives fails the test.
+    let mut admitted = false;
+    for _ in 0..500 {
+        if metric(&app, "troupe_db_queue_depth").await == 1.0 {
+            admitted = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(admitted, "the first create takes the only queue place");
+
+    let second = create_request(&app, 2).send().await.unwrap();
+    assert_eq!(second.status(), 503, "the second create is rejected");
+    assert!(
+        second.headers().contains_key("retry-after"),
+        "503 carries Retry-After"
+    );
+    let body: Value = second.json().await.unwrap();
+    assert_eq!(body["code"], "overloaded");
+
+    lock.release();
+    let first = first.await.unwrap().unwrap().status().as_u16();
+    let expected_rows = i64::from(first == 201);
+    assert!(
+        first == 201 || first == 503,
+        "the first create answered {first}"
+    );
+    assert_eq!(
+        total_users(&app).await,
+        expected_rows,
+        "only an acknowledged create is stored"
+    );
+    assert_eq!(
+        metric(
+            &app,
+            "troupe_unavailable_responses_total{reason=\"overloaded\"}"
+        )
+        .await,
+        1.0,
+        "the rejection is counted by reason"
+    );
+    assert_eq!(metric(&app, "troupe_db_queue_rejections_total").await, 1.0);
+    app.stop().await;
+}
+
+/// One worker, a busy timeout of 400 ms and a request budget of 500 ms: the
+/// first create waits out the busy timeout (503 `database_busy`), the second
+/// starts at 400 ms or later and does the same, so the third cannot start
+/// before 800 ms and is skipped (503 `deadline_exceeded`). None is stored,
+/// and service resumes once the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_requests_are_skipped() {
+    let spawned = TestApp::spawn_with(Backend::Sqlite, |settings| {
+        settings.db_workers = 1;
+        settings.pool.max_size = 1;
+        settings.pool.sqlite_busy_timeout = Duration::from_millis(400);
+        settings.request_timeout = Duration::from_millis(500);
+    });
+    let Some(app) = spawned.await else { return };
+    let lock = SqliteLock::take(&app);
+
+    let mut requests = JoinSet::new();
+    for n in 0..3 {
+        let request = create_request(&app, n);
+        requests.spawn(async move { request.send().await });
+    }
+    let mut codes = Vec::new();
+    while let Some(joined) = requests.join_next().await {
+        let response = joined.unwrap().unwrap();
+        assert_eq!(response.status(), 503, "a create behind the lock gets 503");
+        assert!(
+            response.headers().contains_key("retry-after"),
+            "503 carries Retry-After"
+        );
+        let body: Value = response.json().await.unwrap();
+        codes.push(body["code"].as_str().unwrap_or_default().to_owned());
+    }
+
+    assert!(
+        codes.contains(&"database_busy".to_owned()),
+        "a started create reports the lock: {codes:?}"
+    );
+    assert!(
+        codes.contains(&"deadline_exceeded".to_owned()),
+        "a late create is skipped: {codes:?}"
+    );
+    assert!(
+        metric(&app, "troupe_db_deadline_skips_total").await >= 1.0,
+        "skips are counted"
+    );
+    lock.release();
+    assert_eq!(
+        total_users(&app).await,
+        0,
+        "no create behind the lock is stored"
+    );
+
+    let after = create_request(&app, 9).send().await.unwrap();
+    assert_eq!(after.status(), 201, "service resumes once the lock is gone");
+    app.stop().await;
+}
