@@ -2,6 +2,7 @@
 //! the same path with port 0.
 
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use actix::{Addr, Arbiter, ArbiterHandle};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
+use tokio::sync::watch;
 
 use crate::actors::{Admission, DbWorker, StoreStats, UserDb, UserStore, WorkerStats};
 use crate::config::Settings;
@@ -16,6 +18,10 @@ use crate::db::migrations::{self, MigrationError};
 use crate::db::DbPool;
 use crate::http::{self, AppState};
 use crate::metrics::{self, Metrics, Sources};
+
+/// Seconds between the shutdown timeout, when requests still running log
+/// that they are cut off, and the closing of their connections.
+const CUT_OFF_GRACE_SECS: u64 = 1;
 
 /// Used only if the app state is missing, which the app factory prevents.
 pub const FALLBACK_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,6 +62,25 @@ impl StopHandle {
     }
 }
 
+/// Waits for SIGTERM or SIGINT and returns its name.
+async fn shutdown_signal() -> &'static str {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the server");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = terminate => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    }
+}
+
 /// A running service: the HTTP server and the actors behind it.
 pub struct Application {
     server: Server,
@@ -64,6 +89,11 @@ pub struct Application {
     store_arbiter: Arbiter,
     pub worker_stats: Arc<WorkerStats>,
     pub store_stats: Arc<StoreStats>,
+    /// Set once shutdown starts; `/readyz` then answers 503.
+    shutting_down: Arc<AtomicBool>,
+    /// Tells in-flight requests that the shutdown timeout has passed.
+    cut_off: watch::Sender<bool>,
+    shutdown_timeout: Duration,
 }
 
 impl Application {
@@ -112,7 +142,11 @@ impl Application {
             worker_stats: Arc::clone(&worker_stats),
             store_stats: Arc::clone(&store_stats),
         })?);
+        let shutting_down = Arc::new(AtomicBool::new(false));
+        let (cut_off, cut_off_notice) = watch::channel(false);
         let state = web::Data::new(AppState {
+            shutting_down: Arc::clone(&shutting_down),
+            cut_off: cut_off_notice,
             store: store.clone(),
             db,
             admission,
@@ -129,6 +163,11 @@ impl Application {
         if let Some(workers) = settings.http_workers {
             server = server.workers(workers);
         }
+        // `run` handles the signals itself, to turn readiness off first. The
+        // extra second lets requests log that they are being cut off.
+        server = server
+            .disable_signals()
+            .shutdown_timeout(settings.shutdown_timeout.as_secs() + CUT_OFF_GRACE_SECS);
         let server = server
             .listen(listener)
             .map_err(|source| StartupError::Bind {
@@ -145,6 +184,9 @@ impl Application {
             store_arbiter,
             worker_stats,
             store_stats,
+            shutting_down,
+            cut_off,
+            shutdown_timeout: settings.shutdown_timeout,
         })
     }
 
@@ -168,8 +210,34 @@ impl Application {
     /// Serves until the server stops (on SIGINT or SIGTERM, or through its
     /// handle), then stops the user store.
     pub async fn run(self) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let shutting_down = Arc::clone(&self.shutting_down);
+        let cut_off = self.cut_off.clone();
+        let timeout = self.shutdown_timeout;
+        let on_signal = actix_web::rt::spawn(async move {
+            let signal = shutdown_signal().await;
+            tracing::info!(
+                signal,
+                timeout_secs = timeout.as_secs(),
+                "shutting down: readiness is off, in-flight requests are finishing"
+            );
+            shutting_down.store(true, Ordering::SeqCst);
+            actix_web::rt::spawn(async move {
+                actix_web::rt::time::sleep(timeout).await;
+                let _ = cut_off.send(true);
+            });
+            handle.stop(true).await;
+        });
+
         let result = self.server.await;
+
+        on_signal.abort();
+        self.shutting_down.store(true, Ordering::SeqCst);
+        // Every request has finished or been cut off, so nothing waits for
+        // the store. Queued database work drains as the workers' last
+        // senders go away, and each worker closes its connection.
         self.store_arbiter.stop();
+        tracing::info!("HTTP server stopped; the user store and database workers are stopping");
         result
     }
 }

@@ -1,5 +1,6 @@
 //! Liveness and readiness probes.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
@@ -33,6 +34,12 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
 /// Returns 200 when a worker reaches the database, every migration is
 /// applied and the user store runs; 503 otherwise.
 pub async fn readyz(state: web::Data<AppState>, ctx: RequestCtx) -> Result<HttpResponse, ApiError> {
+    if state.shutting_down.load(Ordering::SeqCst) {
+        return Err(ApiError::Unavailable {
+            reason: UnavailableReason::NotReady,
+            cause: Some("the service is shutting down".into()),
+        });
+    }
     if !state.store.connected() {
         return Err(ApiError::unavailable(UnavailableReason::ActorUnavailable));
     }

@@ -11,6 +11,7 @@ mod representation;
 mod request;
 mod users;
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +32,10 @@ pub struct AppState {
     /// The bound on database work, shared with the user store.
     pub admission: Admission,
     pub metrics: Arc<Metrics>,
+    /// Set when shutdown starts, so readiness turns false.
+    pub shutting_down: Arc<AtomicBool>,
+    /// Turns true when the shutdown timeout has passed.
+    pub cut_off: tokio::sync::watch::Receiver<bool>,
     pub request_timeout: Duration,
     pub body_limit: usize,
 }

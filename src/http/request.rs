@@ -45,13 +45,25 @@ pub async fn request_context(
 
     request.extensions_mut().insert(request_id.clone());
     request.extensions_mut().insert(RequestSpan(span.clone()));
+    let mut cut_off = request
+        .app_data::<web::Data<AppState>>()
+        .map(|state| state.cut_off.clone());
+    let mut call = std::pin::pin!(next.call(request).instrument(span.clone()));
+    let outcome = match cut_off.as_mut() {
+        None => call.await,
+        Some(cut_off) => tokio::select! {
+            outcome = &mut call => outcome,
+            _ = cut_off.wait_for(|reached| *reached) => {
+                span.in_scope(|| tracing::warn!(
+                    "request still running at the shutdown timeout; its connection is closing"
+                ));
+                call.await
+            }
+        },
+    };
     // Inner services turn handler errors into responses, so an `Err` here
     // is rare; actix renders it with the error's own `error_response`.
-    let response = next
-        .call(request)
-        .instrument(span.clone())
-        .await?
-        .map_into_boxed_body();
+    let response = outcome?.map_into_boxed_body();
     // Read the error before `render_problem` replaces the response with
     // one that no longer carries it.
     let api_error = response

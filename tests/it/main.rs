@@ -21,5 +21,6 @@ mod faults;
 mod helpers;
 mod migrations;
 mod posts;
+mod process;
 mod smoke;
 mod users;
