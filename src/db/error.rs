@@ -27,9 +27,10 @@ pub enum DbError {
 
 impl DbError {
     /// Tells whether the connection that produced this error must not be
-    /// used again.
+    /// used again. Besides a lost connection, any unexpected error counts:
+    /// a fresh connection costs little and cannot carry a broken state on.
     pub fn breaks_connection(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
+        matches!(self, Self::Unavailable(_) | Self::Query(_))
     }
 }
 
@@ -47,6 +48,9 @@ impl From<DieselError> for DbError {
                 Self::Busy(error)
             }
             DieselError::DatabaseError(_, ref info) if is_busy(info.message()) => Self::Busy(error),
+            DieselError::DatabaseError(_, ref info) if is_connection_lost(info.message()) => {
+                Self::Unavailable(Box::new(error))
+            }
             DieselError::BrokenTransactionManager => Self::Unavailable(Box::new(error)),
             other => Self::Query(other),
         }
@@ -68,4 +72,20 @@ fn is_busy(message: &str) -> bool {
         || message.contains("database table is locked")
         || message.contains("canceling statement due to statement timeout")
         || message.contains("canceling statement due to lock timeout")
+}
+
+/// Tells whether libpq reports a lost or refused connection, which Diesel
+/// does not always classify as `ClosedConnection`.
+fn is_connection_lost(message: &str) -> bool {
+    [
+        "server closed the connection",
+        "terminating connection",
+        "connection to server",
+        "no connection to the server",
+        "could not receive data from server",
+        "could not send data to server",
+        "SSL SYSCALL error",
+    ]
+    .iter()
+    .any(|pattern| message.contains(pattern))
 }

@@ -20,6 +20,7 @@ mod faults;
 #[allow(dead_code)]
 mod helpers;
 mod migrations;
+mod outage;
 mod posts;
 mod process;
 mod smoke;
