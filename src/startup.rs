@@ -12,7 +12,9 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use tokio::sync::watch;
 
-use crate::actors::{Admission, DbWorker, StoreStats, UserDb, UserStore, WorkerStats};
+use crate::actors::{
+    Admission, DbWorker, Escalation, RestartPolicy, StoreStats, UserDb, UserStore, WorkerStats,
+};
 use crate::config::Settings;
 use crate::db::migrations::{self, MigrationError};
 use crate::db::DbPool;
@@ -91,6 +93,8 @@ pub struct Application {
     pub store_stats: Arc<StoreStats>,
     /// Set once shutdown starts; `/readyz` then answers 503.
     shutting_down: Arc<AtomicBool>,
+    /// Triggered when the user store restarts too often.
+    escalation: Arc<Escalation>,
     /// Tells in-flight requests that the shutdown timeout has passed.
     cut_off: watch::Sender<bool>,
     shutdown_timeout: Duration,
@@ -119,12 +123,14 @@ impl Application {
             .with_wait_histogram(queue_wait.clone());
         let store_stats = Arc::new(StoreStats::default());
         let store_arbiter = Arbiter::new();
-        let store = UserStore::start_supervised(
-            &store_arbiter.handle(),
+        let escalation = Arc::new(Escalation::default());
+        let store = UserStore::new(
             UserDb::new(&db).with_admission(admission.clone()),
             settings.cache_capacity,
             Arc::clone(&store_stats),
-        );
+        )
+        .with_supervision(RestartPolicy::default(), Arc::clone(&escalation));
+        let store = UserStore::start_supervised(&store_arbiter.handle(), store);
 
         let listener = TcpListener::bind(settings.bind).map_err(|source| StartupError::Bind {
             addr: settings.bind,
@@ -146,6 +152,7 @@ impl Application {
         let (cut_off, cut_off_notice) = watch::channel(false);
         let state = web::Data::new(AppState {
             shutting_down: Arc::clone(&shutting_down),
+            escalation: Arc::clone(&escalation),
             cut_off: cut_off_notice,
             store: store.clone(),
             db,
@@ -185,6 +192,7 @@ impl Application {
             worker_stats,
             store_stats,
             shutting_down,
+            escalation,
             cut_off,
             shutdown_timeout: settings.shutdown_timeout,
         })
@@ -229,7 +237,18 @@ impl Application {
             handle.stop(true).await;
         });
 
-        let result = self.server.await;
+        let escalation = Arc::clone(&self.escalation);
+        let mut server = self.server;
+        let result = tokio::select! {
+            result = &mut server => result,
+            () = escalation.wait() => {
+                tracing::error!("stopping after an escalated failure; exiting non-zero");
+                self.shutting_down.store(true, Ordering::SeqCst);
+                let stopping = server.handle().stop(true);
+                let _ = tokio::join!(stopping, &mut server);
+                Err(std::io::Error::other("the user store failed more often than its restart policy allows"))
+            }
+        };
 
         on_signal.abort();
         self.shutting_down.store(true, Ordering::SeqCst);

@@ -11,6 +11,7 @@ mod context;
 mod db_worker;
 mod error;
 pub mod queries;
+mod supervision;
 mod user_store;
 
 pub use admission::{Admission, Ticket};
@@ -18,6 +19,7 @@ pub use context::{RequestCtx, RequestId};
 pub use db_worker::{DbQuery, DbWorker, Query, WorkerStats};
 pub(crate) use error::panic_message;
 pub use error::ActorError;
+pub use supervision::{Escalation, RestartDecision, RestartPolicy, RestartTracker};
 #[cfg(feature = "test-hooks")]
 pub use user_store::InjectPanic;
 pub use user_store::{

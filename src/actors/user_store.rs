@@ -2,6 +2,7 @@ use std::num::NonZeroUsize;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::dev::ToEnvelope;
 use actix::fut::{self, ActorFutureExt, WrapFuture};
@@ -9,7 +10,10 @@ use actix::prelude::*;
 use lru::LruCache;
 
 use super::queries::users;
-use super::{panic_message, ActorError, Admission, DbQuery, Query, RequestCtx};
+use super::{
+    panic_message, ActorError, Admission, DbQuery, Escalation, Query, RequestCtx, RestartDecision,
+    RestartPolicy, RestartTracker,
+};
 use crate::domain::{
     DeleteMode, IfMatch, NewUser, Page, PageRequest, User, UserFields, UserFilter, UserId,
     UserPatch, UserSort, UserWithPosts,
@@ -153,6 +157,10 @@ where
     Q: DbQuery,
     Query<Q>: Message<Result = Result<Q::Output, ActorError>>,
 {
+    // A message that waited out a restart backoff may have expired.
+    if query.ctx.is_expired() {
+        return Err(ActorError::DeadlineExceeded);
+    }
     let _ticket = admission.admit().await?;
     ActorError::flatten("db_worker", recipient.send(query).await)
 }
@@ -180,6 +188,10 @@ pub struct UserStore {
     cache: LruCache<UserId, User>,
     generation: u64,
     stats: Arc<StoreStats>,
+    restarts: RestartTracker,
+    escalation: Arc<Escalation>,
+    /// The pause to take before handling messages again after a restart.
+    backoff: Option<Duration>,
 }
 
 impl UserStore {
@@ -190,17 +202,23 @@ impl UserStore {
             cache: LruCache::new(capacity),
             generation: 0,
             stats,
+            restarts: RestartTracker::new(RestartPolicy::default()),
+            escalation: Arc::new(Escalation::default()),
+            backoff: None,
         }
     }
 
+    /// Applies `policy` to restarts and reports failures past it to
+    /// `escalation`.
+    pub fn with_supervision(mut self, policy: RestartPolicy, escalation: Arc<Escalation>) -> Self {
+        self.restarts = RestartTracker::new(policy);
+        self.escalation = escalation;
+        self
+    }
+
     /// Starts the store on `arbiter`, supervised.
-    pub fn start_supervised(
-        arbiter: &ArbiterHandle,
-        db: UserDb,
-        capacity: NonZeroUsize,
-        stats: Arc<StoreStats>,
-    ) -> Addr<Self> {
-        Supervisor::start_in_arbiter(arbiter, move |_| UserStore::new(db, capacity, stats))
+    pub fn start_supervised(arbiter: &ArbiterHandle, store: UserStore) -> Addr<Self> {
+        Supervisor::start_in_arbiter(arbiter, move |_| store)
     }
 
     fn evict(&mut self, id: UserId) {
@@ -265,8 +283,14 @@ impl UserStore {
 impl Actor for UserStore {
     type Context = Context<Self>;
 
-    fn started(&mut self, _: &mut Context<Self>) {
+    fn started(&mut self, ctx: &mut Context<Self>) {
         tracing::debug!(cache.capacity = self.capacity.get(), "user store started");
+
+        // Messages wait in the mailbox during the pause; each is checked
+        // against its deadline when it is handled.
+        if let Some(backoff) = self.backoff.take() {
+            ctx.wait(fut::wrap_future(actix::clock::sleep(backoff)));
+        }
     }
 }
 
@@ -275,7 +299,22 @@ impl Supervised for UserStore {
         self.stats.restarts.fetch_add(1, Ordering::Relaxed);
         self.cache = LruCache::new(self.capacity);
         self.generation = 0;
-        tracing::warn!("user store restarted with an empty cache");
+
+        match self.restarts.record(Instant::now()) {
+            RestartDecision::Restart { backoff } => {
+                tracing::warn!(
+                    backoff_ms = backoff.as_millis() as u64,
+                    "user store restarting with an empty cache"
+                );
+                self.backoff = Some(backoff);
+            }
+            RestartDecision::Escalate => {
+                tracing::error!(
+                    "user store restarted too often; escalating so the process is restarted"
+                );
+                self.escalation.trigger();
+            }
+        }
     }
 }
 

@@ -34,6 +34,12 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
 /// Returns 200 when a worker reaches the database, every migration is
 /// applied and the user store runs; 503 otherwise.
 pub async fn readyz(state: web::Data<AppState>, ctx: RequestCtx) -> Result<HttpResponse, ApiError> {
+    if state.escalation.is_triggered() {
+        return Err(ApiError::Unavailable {
+            reason: UnavailableReason::NotReady,
+            cause: Some("the user store failed past its restart policy".into()),
+        });
+    }
     if state.shutting_down.load(Ordering::SeqCst) {
         return Err(ApiError::Unavailable {
             reason: UnavailableReason::NotReady,

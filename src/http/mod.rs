@@ -34,6 +34,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Set when shutdown starts, so readiness turns false.
     pub shutting_down: Arc<AtomicBool>,
+    /// Triggered when a supervised actor fails past its restart policy.
+    pub escalation: Arc<crate::actors::Escalation>,
     /// Turns true when the shutdown timeout has passed.
     pub cut_off: tokio::sync::watch::Receiver<bool>,
     pub request_timeout: Duration,

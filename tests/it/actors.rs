@@ -16,9 +16,9 @@ use futures_util::future::join_all;
 use tokio::sync::oneshot;
 use troupe::actors::queries::users;
 use troupe::actors::{
-    ActorError, CreateUser, DbQuery, DbWorker, DeleteUser, GetUser, GetUserWithPosts, InjectPanic,
-    PatchUser, Query, ReplaceUser, RequestCtx, RequestId, StoreStats, UserDb, UserStore,
-    WorkerStats,
+    ActorError, CreateUser, DbQuery, DbWorker, DeleteUser, Escalation, GetUser, GetUserWithPosts,
+    InjectPanic, PatchUser, Query, ReplaceUser, RequestCtx, RequestId, RestartPolicy, StoreStats,
+    UserDb, UserStore, WorkerStats,
 };
 use troupe::db::{DbConn, DbError, DbPool, PoolSettings};
 use troupe::domain::{
@@ -188,6 +188,20 @@ fn recorded_store(capacity: usize) -> (Addr<UserStore>, Addr<RecordingDb>, Arc<S
 /// Starts a supervised `UserStore` wired to a fresh `RecordingDb`, as
 /// start-up does, and returns its counters too.
 fn supervised_store(capacity: usize) -> (Addr<UserStore>, Arc<Script>, Arc<StoreStats>) {
+    let policy = RestartPolicy {
+        base_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(5),
+        ..RestartPolicy::default()
+    };
+    supervised_store_with(capacity, policy, Arc::new(Escalation::default()))
+}
+
+/// Like `supervised_store`, with a restart policy and an escalation to watch.
+fn supervised_store_with(
+    capacity: usize,
+    policy: RestartPolicy,
+    escalation: Arc<Escalation>,
+) -> (Addr<UserStore>, Arc<Script>, Arc<StoreStats>) {
     let script = Arc::new(Script::default());
     let recorder = RecordingDb {
         script: Arc::clone(&script),
@@ -198,6 +212,7 @@ fn supervised_store(capacity: usize) -> (Addr<UserStore>, Arc<Script>, Arc<Store
     let store_stats = Arc::clone(&stats);
     let store = Supervisor::start(move |_| {
         UserStore::new(db, NonZeroUsize::new(capacity).unwrap(), store_stats)
+            .with_supervision(policy, escalation)
     });
     (store, script, stats)
 }
@@ -1142,5 +1157,89 @@ async fn store_panic_restarts_empty() {
         script.sent().len(),
         2,
         "the restarted store has an empty cache, so the read goes to the database"
+    );
+}
+
+#[actix::test]
+async fn store_escalates_past_restart_limit() {
+    let policy = RestartPolicy {
+        max_restarts: 2,
+        window: Duration::from_secs(60),
+        base_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(5),
+    };
+    let escalation = Arc::new(Escalation::default());
+    let (store, script, stats) = supervised_store_with(8, policy, Arc::clone(&escalation));
+    let ada = user(7, "Ada", "ada@example.com");
+
+    for restart in 1..=2 {
+        store.send(InjectPanic).await.unwrap().unwrap_err();
+        script
+            .replies()
+            .find
+            .push_back(Reply::Ready(Ok(ada.clone())));
+        let reread = get(&store, id(7)).await;
+        assert_eq!(
+            reread.unwrap(),
+            ada,
+            "after restart {restart} the store reads the database again"
+        );
+        assert!(
+            !escalation.is_triggered(),
+            "restart {restart} is within the limit"
+        );
+    }
+    store.send(InjectPanic).await.unwrap().unwrap_err();
+
+    assert!(
+        escalation.is_triggered(),
+        "a third restart within the window escalates"
+    );
+    assert_eq!(stats.restarts.load(Ordering::Relaxed), 3);
+    assert_eq!(script.sent().len(), 2, "each restart emptied the cache");
+}
+
+#[actix::test]
+async fn store_backoff_expires_waiting_requests() {
+    let policy = RestartPolicy {
+        base_backoff: Duration::from_millis(300),
+        max_backoff: Duration::from_millis(300),
+        ..RestartPolicy::default()
+    };
+    let (store, script, _) = supervised_store_with(8, policy, Arc::new(Escalation::default()));
+    let ada = user(7, "Ada", "ada@example.com");
+    script
+        .replies()
+        .find
+        .push_back(Reply::Ready(Ok(ada.clone())));
+    store.send(InjectPanic).await.unwrap().unwrap_err();
+
+    // Both reads wait in the mailbox for the 300 ms backoff; the first has a
+    // 50 ms budget, so it has expired when the store handles it.
+    let short = RequestCtx::internal(Duration::from_millis(50));
+    let hurried = store.send(GetUser {
+        ctx: short,
+        id: id(7),
+    });
+    let patient = store.send(GetUser {
+        ctx: ctx(),
+        id: id(7),
+    });
+    let hurried = ActorError::flatten("user_store", hurried.await);
+    let patient = ActorError::flatten("user_store", patient.await);
+
+    assert!(
+        matches!(hurried, Err(ActorError::DeadlineExceeded)),
+        "a read that expired during the backoff gets DeadlineExceeded: {hurried:?}"
+    );
+    assert_eq!(
+        patient.unwrap(),
+        ada,
+        "a read with time left is served after the backoff"
+    );
+    assert_eq!(
+        script.sent().len(),
+        1,
+        "the expired read sent nothing to the database"
     );
 }
