@@ -15,6 +15,7 @@
 //! | `TROUPE_DB_QUEUE_WAIT_MS` | 100 | wait for admission before a 503 |
 //! | `TROUPE_SHUTDOWN_TIMEOUT_SECS` | 30 | time in-flight requests get at shutdown |
 //! | `TROUPE_BODY_LIMIT_BYTES` | 65536 | largest accepted request body |
+//! | `TROUPE_CLIENT_TIMEOUT_MS` | 5000 | time to send the headers, then the body |
 //! | `TROUPE_CACHE_CAPACITY` | 10000 | users kept in the user-store cache |
 //! | `TROUPE_HTTP_WORKERS` | cores | HTTP worker threads |
 //! | `TROUPE_LOG_FORMAT` | `pretty` | `pretty` or `json` |
@@ -41,6 +42,7 @@ pub const DEFAULT_DB_QUEUE_CAPACITY: u32 = 256;
 pub const DEFAULT_DB_QUEUE_WAIT_MS: u64 = 100;
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_BODY_LIMIT_BYTES: u64 = 64 * 1024;
+pub const DEFAULT_CLIENT_TIMEOUT_MS: u64 = 5000;
 pub const DEFAULT_CACHE_CAPACITY: NonZeroUsize = match NonZeroUsize::new(10_000) {
     Some(capacity) => capacity,
     None => NonZeroUsize::MIN,
@@ -90,8 +92,17 @@ pub struct DatabaseArgs {
     /// Database: an SQLite file path (created if missing; `sqlite://` prefix
     /// optional) or a `postgres://` / `postgresql://` URL.
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true,
-          value_parser = parse_database_url, hide_env_values = true)]
-    pub database_url: DatabaseUrl,
+          hide_env_values = true)]
+    database_url: String,
+}
+
+impl DatabaseArgs {
+    /// Validates the URL. Unlike a clap value parser, the error never echoes
+    /// the value, which may hold a password.
+    pub fn url(&self) -> Result<DatabaseUrl, String> {
+        DatabaseUrl::parse(&self.database_url)
+            .map_err(|error| format!("invalid --database-url (DATABASE_URL): {error}"))
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -173,6 +184,12 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=67_108_864))]
     pub body_limit_bytes: u64,
 
+    /// Milliseconds a client has to send its request headers, and again its
+    /// body; a slower client gets 408 and its connection is closed.
+    #[arg(long, env = "TROUPE_CLIENT_TIMEOUT_MS", default_value_t = DEFAULT_CLIENT_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub client_timeout_ms: u64,
+
     /// Users kept in the user-store cache.
     #[arg(long, env = "TROUPE_CACHE_CAPACITY", default_value_t = DEFAULT_CACHE_CAPACITY)]
     pub cache_capacity: NonZeroUsize,
@@ -198,14 +215,11 @@ impl Default for ServeArgs {
             db_queue_wait_ms: DEFAULT_DB_QUEUE_WAIT_MS,
             shutdown_timeout_secs: DEFAULT_SHUTDOWN_TIMEOUT_SECS,
             body_limit_bytes: DEFAULT_BODY_LIMIT_BYTES,
+            client_timeout_ms: DEFAULT_CLIENT_TIMEOUT_MS,
             cache_capacity: DEFAULT_CACHE_CAPACITY,
             http_workers: None,
         }
     }
-}
-
-fn parse_database_url(raw: &str) -> Result<DatabaseUrl, String> {
-    DatabaseUrl::parse(raw).map_err(|e| e.to_string())
 }
 
 /// Validated settings of the `serve` command.
@@ -219,6 +233,7 @@ pub struct Settings {
     pub queue: QueueSettings,
     pub shutdown_timeout: Duration,
     pub body_limit: usize,
+    pub client_timeout: Duration,
     pub cache_capacity: NonZeroUsize,
     pub http_workers: Option<usize>,
 }
@@ -296,6 +311,7 @@ impl Settings {
             },
             shutdown_timeout: Duration::from_secs(serve.shutdown_timeout_secs),
             body_limit: serve.body_limit_bytes as usize,
+            client_timeout: Duration::from_millis(serve.client_timeout_ms),
             cache_capacity: serve.cache_capacity,
             http_workers: serve.http_workers.map(|n| n as usize),
         })
@@ -341,7 +357,6 @@ mod tests {
                 vec!["serve", "--request-timeout-ms", "soon"],
                 "--request-timeout-ms",
             ),
-            (vec!["--database-url", ":memory:"], "--database-url"),
             (vec!["--log-format", "xml"], "--log-format"),
         ];
         for (args, setting) in cases {

@@ -12,18 +12,25 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
 
+    let database_url = match cli.database.url() {
+        Ok(url) => url,
+        Err(message) => {
+            tracing::error!("{message}");
+            return ExitCode::FAILURE;
+        }
+    };
     let outcome = match cli.command {
-        None => serve(cli.database.database_url, &cli.serve),
-        Some(Command::Serve(args)) => serve(cli.database.database_url, &args),
-        Some(Command::Migrate { action }) => migrate(
-            &cli.database.database_url,
-            action.unwrap_or(MigrateAction::Run),
-        ),
+        None => serve(database_url.clone(), &cli.serve),
+        Some(Command::Serve(args)) => serve(database_url.clone(), &args),
+        Some(Command::Migrate { action }) => {
+            migrate(&database_url, action.unwrap_or(MigrateAction::Run))
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(error = %troupe::http::problem::cause_chain(error.as_ref()), "troupe failed");
+            let cause = troupe::http::problem::cause_chain(error.as_ref());
+            tracing::error!(error = %database_url.redact(&cause), "troupe failed");
             ExitCode::FAILURE
         }
     }

@@ -28,6 +28,7 @@ const CUT_OFF_GRACE_SECS: u64 = 1;
 /// Used only if the app state is missing, which the app factory prevents.
 pub const FALLBACK_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const FALLBACK_BODY_LIMIT: usize = 64 * 1024;
+pub const FALLBACK_CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A failure to start the service.
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +161,7 @@ impl Application {
             metrics,
             request_timeout: settings.request_timeout,
             body_limit: settings.body_limit,
+            client_timeout: settings.client_timeout,
         });
         let mut server = HttpServer::new(move || {
             App::new()
@@ -173,6 +175,7 @@ impl Application {
         // `run` handles the signals itself, to turn readiness off first. The
         // extra second lets requests log that they are being cut off.
         server = server
+            .client_request_timeout(settings.client_timeout)
             .disable_signals()
             .shutdown_timeout(settings.shutdown_timeout.as_secs() + CUT_OFF_GRACE_SECS);
         let server = server

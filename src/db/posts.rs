@@ -115,7 +115,8 @@ pub fn insert(
 }
 
 /// Applies a merge patch; a full replacement is a patch with every field.
-/// An empty patch changes nothing and returns the post as it is.
+/// A patch that changes no value leaves the version alone and returns the
+/// post as it is.
 pub fn update(
     conn: &mut DbConn,
     id: PostId,
@@ -126,7 +127,9 @@ pub fn update(
     with_conn!(conn, c => c.write_transaction(|c| {
         let current = c.lock_live_post(id.get())?.ok_or(DbError::NotFound)?;
         check_precondition(if_match, current.version)?;
-        if patch.is_empty() {
+        let unchanged = patch.title.as_ref().is_none_or(|title| title.as_str() == current.title)
+            && patch.content.as_ref().is_none_or(|content| content.as_str() == current.content);
+        if unchanged {
             return Ok(Post::from(current));
         }
 

@@ -9,7 +9,7 @@ pub enum DatabaseUrl {
 }
 
 /// A `DATABASE_URL` that troupe cannot use.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum InvalidDatabaseUrl {
     #[error("DATABASE_URL is empty; give an SQLite file path or a postgres:// URL")]
     Empty,
@@ -18,6 +18,16 @@ pub enum InvalidDatabaseUrl {
          connection would see as a separate empty database; give a file path instead"
     )]
     InMemory,
+    #[error(
+        "DATABASE_URL has the unsupported scheme {0:?}; use postgres://, postgresql:// \
+         or an SQLite file path"
+    )]
+    UnsupportedScheme(String),
+    #[error(
+        "DATABASE_URL looks like a libpq key=value string, which troupe does not read; \
+         use a postgres:// URL"
+    )]
+    KeywordString,
 }
 
 impl DatabaseUrl {
@@ -28,6 +38,20 @@ impl DatabaseUrl {
         let raw = raw.trim();
         if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
             return Ok(Self::Postgres(raw.to_owned()));
+        }
+
+        // The value is never echoed: it may hold a password.
+        if let Some((scheme, _)) = raw.split_once("://") {
+            if scheme != "sqlite" && scheme != "file" {
+                let scheme: String = scheme.chars().take(20).collect();
+                return Err(InvalidDatabaseUrl::UnsupportedScheme(scheme));
+            }
+        }
+        let keyword_string = ["host=", "dbname=", "user=", "password=", "port="]
+            .iter()
+            .any(|keyword| raw.starts_with(keyword) || raw.contains(&format!(" {keyword}")));
+        if keyword_string {
+            return Err(InvalidDatabaseUrl::KeywordString);
         }
 
         let path = raw
@@ -51,6 +75,35 @@ impl DatabaseUrl {
             Self::Postgres(url) => url.clone(),
             Self::Sqlite(path) => path.to_string_lossy().into_owned(),
         }
+    }
+
+    /// Replaces this URL's password wherever it appears in `text`, such as
+    /// in a driver error that echoes the URL.
+    pub fn redact(&self, text: &str) -> String {
+        match self.password() {
+            Some(password) if !password.is_empty() => text.replace(&password, "***"),
+            _ => text.to_owned(),
+        }
+    }
+
+    /// The password in `scheme://user:password@host` or `?password=`.
+    fn password(&self) -> Option<String> {
+        let Self::Postgres(url) = self else {
+            return None;
+        };
+        let rest = url.split_once("://")?.1;
+        let authority = rest.split(['/', '?']).next().unwrap_or_default();
+        if let Some((userinfo, _)) = authority.rsplit_once('@') {
+            if let Some((_, password)) = userinfo.split_once(':') {
+                return Some(password.to_owned());
+            }
+        }
+        let query = url.split_once('?')?.1;
+        query.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=')?;
+            key.eq_ignore_ascii_case("password")
+                .then(|| value.to_owned())
+        })
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -146,6 +199,38 @@ mod tests {
             );
         }
         assert_eq!(DatabaseUrl::parse("  "), Err(InvalidDatabaseUrl::Empty));
+    }
+
+    #[test]
+    fn url_rejects_other_forms() {
+        let cases = [
+            (
+                "mysql://root:pw@db/app",
+                InvalidDatabaseUrl::UnsupportedScheme("mysql".into()),
+            ),
+            (
+                "host=db user=app password=pw",
+                InvalidDatabaseUrl::KeywordString,
+            ),
+            ("dbname=app", InvalidDatabaseUrl::KeywordString),
+        ];
+        for (raw, expected) in cases {
+            assert_eq!(DatabaseUrl::parse(raw), Err(expected.clone()), "{raw}");
+            assert!(
+                !expected.to_string().contains("pw"),
+                "the message hides the value"
+            );
+        }
+    }
+
+    #[test]
+    fn redact_hides_password_in_text() {
+        let url = DatabaseUrl::Postgres("postgres://app:s3cr3t@[::1:5432/troupe".into());
+        let text = "invalid URL postgres://app:s3cr3t@[::1:5432/troupe";
+        assert_eq!(
+            url.redact(text),
+            "invalid URL postgres://app:***@[::1:5432/troupe"
+        );
     }
 
     #[test]

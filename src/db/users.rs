@@ -159,8 +159,9 @@ pub fn replace(
     update(conn, id, &patch, if_match, now)
 }
 
-/// Applies a merge patch. An empty patch changes nothing, not even the
-/// version, and returns the user as it is.
+/// Applies a merge patch. A patch that changes no value, an empty one
+/// included, leaves the version and `updated_at` alone and returns the user
+/// as it is.
 pub fn update(
     conn: &mut DbConn,
     id: UserId,
@@ -171,7 +172,10 @@ pub fn update(
     with_conn!(conn, c => c.write_transaction(|c| {
         let current = c.lock_live_user(id.get())?.ok_or(DbError::NotFound)?;
         check_precondition(if_match, current.version)?;
-        if patch.is_empty() {
+        let unchanged = patch.name.as_ref().is_none_or(|name| name.as_str() == current.name)
+            && patch.email.as_ref().is_none_or(|email| email.as_str() == current.email)
+            && patch.age.is_none_or(|age| age.map(|age| age.get()) == current.age);
+        if unchanged {
             return Ok(User::from(current));
         }
 

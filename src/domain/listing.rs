@@ -158,6 +158,16 @@ impl UserFilter {
             }
         }
         let email = email.map(|raw| raw.trim().to_lowercase());
+        if email
+            .as_deref()
+            .is_some_and(|email| email.chars().any(char::is_control))
+        {
+            return Err(FieldError::new(
+                "email",
+                "invalid_value",
+                "email must not contain control characters",
+            ));
+        }
         Ok(Self {
             min_age,
             max_age,

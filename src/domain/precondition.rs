@@ -17,8 +17,12 @@ impl IfMatch {
         let versions = header
             .split(',')
             .filter_map(|tag| {
-                let tag = tag.trim();
-                tag.strip_prefix('"')?.strip_suffix('"')?.parse().ok()
+                let digits = tag.trim().strip_prefix('"')?.strip_suffix('"')?;
+                // Only the canonical form matches: "01" is not the tag "1".
+                let canonical = !digits.is_empty()
+                    && digits.bytes().all(|b| b.is_ascii_digit())
+                    && (digits == "0" || !digits.starts_with('0'));
+                canonical.then(|| digits.parse().ok()).flatten()
             })
             .collect();
         Self::Versions(versions)
@@ -54,6 +58,14 @@ mod tests {
         assert!(
             !IfMatch::parse("3").matches(3),
             "unquoted tags are malformed"
+        );
+        assert!(
+            !IfMatch::parse("\"03\"").matches(3),
+            "leading zeros make another tag"
+        );
+        assert!(
+            !IfMatch::parse("\"+3\"").matches(3),
+            "a sign makes another tag"
         );
         assert!(!IfMatch::parse("").matches(1));
     }

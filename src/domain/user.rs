@@ -64,7 +64,9 @@ impl Email {
             ));
         }
         if email.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(invalid("email must not contain white space"));
+            return Err(invalid(
+                "email must not contain white space or control characters",
+            ));
         }
         let Some((local, domain)) = email.split_once('@') else {
             return Err(invalid("email must contain an @"));

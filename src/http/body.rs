@@ -30,48 +30,81 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(request: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let limit = request
-            .app_data::<web::Data<AppState>>()
+        let state = request.app_data::<web::Data<AppState>>();
+        let limit = state
             .map(|state| state.body_limit)
             .unwrap_or(crate::startup::FALLBACK_BODY_LIMIT);
+        let timeout = state
+            .map(|state| state.client_timeout)
+            .unwrap_or(crate::startup::FALLBACK_CLIENT_TIMEOUT);
         let checked =
             check_content_type(request).and_then(|()| check_declared_length(request, limit));
         let mut payload = payload.take();
 
         Box::pin(async move {
             checked?;
-            let mut body = web::BytesMut::new();
-            while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|e| ApiError::UnreadableBody(e.to_string()))?;
-                if body.len() + chunk.len() > limit {
-                    return Err(ApiError::PayloadTooLarge { limit });
-                }
-                body.extend_from_slice(&chunk);
-            }
+            // A client that stops sending must not hold the connection.
+            let body = tokio::time::timeout(timeout, read_body(&mut payload, limit))
+                .await
+                .map_err(|_| ApiError::BodyTimeout)??;
             decode(&body).map(JsonBody)
         })
     }
 }
 
+/// Reads the whole body, failing as soon as it grows past `limit`.
+async fn read_body(payload: &mut Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| ApiError::UnreadableBody)?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 fn check_content_type(request: &HttpRequest) -> Result<(), ApiError> {
     let accepts_merge_patch = request.method() == Method::PATCH;
     let expected = if accepts_merge_patch {
-        "application/json or application/merge-patch+json"
+        "application/json or application/merge-patch+json, in UTF-8 and without Content-Encoding"
     } else {
-        JSON
+        "application/json, in UTF-8 and without Content-Encoding"
     };
-    let essence = request
+    let unsupported = || ApiError::UnsupportedMediaType { expected };
+
+    let encoded = request
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|value| !value.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        return Err(unsupported());
+    }
+
+    let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<mime::Mime>().ok())
-        .map(|mime| mime.essence_str().to_ascii_lowercase());
-
-    match essence.as_deref() {
-        Some(JSON) => Ok(()),
-        Some(MERGE_PATCH_JSON) if accepts_merge_patch => Ok(()),
-        _ => Err(ApiError::UnsupportedMediaType { expected }),
+        .ok_or_else(unsupported)?;
+    let mut parts = content_type.split(';');
+    let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+    let json = essence == JSON || (accepts_merge_patch && essence == MERGE_PATCH_JSON);
+    if !json {
+        return Err(unsupported());
     }
+
+    // JSON is UTF-8 (RFC 8259); any other declared charset would be misread.
+    for parameter in parts {
+        let Some((name, value)) = parameter.split_once('=') else {
+            continue;
+        };
+        let value = value.trim().trim_matches('"');
+        if name.trim().eq_ignore_ascii_case("charset") && !value.eq_ignore_ascii_case("utf-8") {
+            return Err(unsupported());
+        }
+    }
+    Ok(())
 }
 
 /// Rejects a body whose declared length is over the limit before reading it.
@@ -124,7 +157,7 @@ fn shape_error(path: String, error: serde_json::Error) -> ApiError {
         return ApiError::MalformedJson(error.to_string());
     }
 
-    let message = error.to_string();
+    let message = humanize(&error.to_string());
     let message = message
         .split(" at line ")
         .next()
@@ -164,4 +197,26 @@ fn field_path(path: &str, name: &str) -> String {
     } else {
         format!("{path}.{name}")
     }
+}
+
+/// Rewrites serde's wording for JSON clients: Rust type names become the
+/// JSON types a client sends.
+fn humanize(message: &str) -> String {
+    const JSON_TYPES: [(&str, &str); 7] = [
+        ("expected i64", "expected an integer"),
+        ("expected i32", "expected an integer"),
+        ("expected u64", "expected an integer"),
+        ("expected a sequence", "expected an array"),
+        ("expected a map", "expected an object"),
+        ("invalid type: sequence", "invalid type: array"),
+        ("invalid type: map", "invalid type: object"),
+    ];
+    let mut message = message.to_owned();
+    if let Some(start) = message.find("expected struct ") {
+        message.replace_range(start.., "expected an object");
+    }
+    for (rust, json) in JSON_TYPES {
+        message = message.replace(rust, json);
+    }
+    message
 }

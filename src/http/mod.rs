@@ -40,6 +40,8 @@ pub struct AppState {
     pub cut_off: tokio::sync::watch::Receiver<bool>,
     pub request_timeout: Duration,
     pub body_limit: usize,
+    /// Time a client has to send a request body.
+    pub client_timeout: Duration,
 }
 
 /// Registers every route.

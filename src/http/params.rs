@@ -31,6 +31,19 @@ macro_rules! path_id_extractor {
 path_id_extractor!(UserId);
 path_id_extractor!(PostId);
 
+/// An extractor that rejects every query parameter, for routes that take
+/// none. Handlers list it before the body, so it is checked first.
+pub struct NoQuery;
+
+impl FromRequest for NoQuery {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(QueryParams::parse(request, &[]).map(|_| NoQuery))
+    }
+}
+
 /// The query string as decoded pairs, checked against the parameters a route
 /// accepts: unknown or repeated parameters are a 400.
 pub struct QueryParams {
@@ -51,13 +64,15 @@ impl QueryParams {
         for (index, (name, _)) in pairs.iter().enumerate() {
             if !allowed.contains(&name.as_str()) {
                 let shown: String = name.chars().take(40).collect();
+                let accepted = if allowed.is_empty() {
+                    "this route accepts no query parameters".to_owned()
+                } else {
+                    format!("this route accepts {}", allowed.join(", "))
+                };
                 return Err(invalid(
                     &shown,
                     "unknown_parameter",
-                    format!(
-                        "unknown query parameter {shown:?}; this route accepts {}",
-                        allowed.join(", ")
-                    ),
+                    format!("unknown query parameter {shown:?}; {accepted}"),
                 ));
             }
             if pairs[..index].iter().any(|(earlier, _)| earlier == name) {
@@ -120,13 +135,19 @@ fn invalid(field: &str, code: &'static str, message: String) -> ApiError {
     query_error(FieldError::new(field, code, message))
 }
 
-/// Reads `If-Match`; a header that is not visible ASCII matches nothing.
+/// Reads every `If-Match` header line as one list. A header that is empty
+/// or not visible ASCII matches nothing.
 pub fn if_match(request: &HttpRequest) -> Option<IfMatch> {
-    let value = request.headers().get(header::IF_MATCH)?;
-    Some(match value.to_str() {
-        Ok(text) => IfMatch::parse(text),
-        Err(_) => IfMatch::Versions(Vec::new()),
-    })
+    let mut lines = request.headers().get_all(header::IF_MATCH).peekable();
+    lines.peek()?;
+    let mut tags = Vec::new();
+    for line in lines {
+        let Ok(text) = line.to_str() else {
+            return Some(IfMatch::Versions(Vec::new()));
+        };
+        tags.push(text);
+    }
+    Some(IfMatch::parse(&tags.join(",")))
 }
 
 /// Tells whether `If-None-Match` lists `etag`, comparing weakly as RFC 9110

@@ -6,7 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::body::JsonBody;
-use super::params::{if_match, if_none_match, query_error, QueryParams};
+use super::params::{if_match, if_none_match, query_error, NoQuery, QueryParams};
 use super::problem::ApiError;
 use super::representation::{page_response, with_etag, PostBody};
 use super::users::present;
@@ -119,6 +119,7 @@ pub async fn create_for_user(
     user_id: UserId,
     state: web::Data<AppState>,
     ctx: RequestCtx,
+    _: NoQuery,
     JsonBody(body): JsonBody<PostFieldsBody>,
 ) -> Result<HttpResponse, ApiError> {
     let post: NewPost = post_fields(body)?;
@@ -184,6 +185,7 @@ pub async fn replace(
     request: HttpRequest,
     state: web::Data<AppState>,
     ctx: RequestCtx,
+    _: NoQuery,
     JsonBody(body): JsonBody<PostFieldsBody>,
 ) -> Result<HttpResponse, ApiError> {
     let fields = post_fields(body)?;
@@ -212,6 +214,7 @@ pub async fn patch(
     request: HttpRequest,
     state: web::Data<AppState>,
     ctx: RequestCtx,
+    _: NoQuery,
     JsonBody(body): JsonBody<PatchPostBody>,
 ) -> Result<HttpResponse, ApiError> {
     let patch = body.validate()?;

@@ -25,8 +25,10 @@ type Cause = Box<dyn StdError + 'static>;
 pub enum ApiError {
     /// The body is not well-formed JSON (syntax error, truncated, bad UTF-8).
     MalformedJson(String),
-    /// The body could not be read from the connection.
-    UnreadableBody(String),
+    /// The connection failed or closed before the body was complete.
+    UnreadableBody,
+    /// The client did not send its body within the client timeout.
+    BodyTimeout,
     /// A path id that is not an integer from 1 to 2^63-1.
     InvalidId {
         name: &'static str,
@@ -114,9 +116,10 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::MalformedJson(_)
-            | Self::UnreadableBody(_)
+            | Self::UnreadableBody
             | Self::InvalidId { .. }
             | Self::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::NotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::EmailTaken => StatusCode::CONFLICT,
@@ -134,7 +137,8 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::MalformedJson(_) => "malformed_json",
-            Self::UnreadableBody(_) => "unreadable_body",
+            Self::UnreadableBody => "unreadable_body",
+            Self::BodyTimeout => "request_timeout",
             Self::InvalidId { .. } => "invalid_id",
             Self::InvalidQuery(_) => "invalid_query",
             Self::NotFound => "not_found",
@@ -154,7 +158,8 @@ impl ApiError {
     fn detail(&self) -> String {
         match self {
             Self::MalformedJson(message) => format!("The request body is not valid JSON: {message}."),
-            Self::UnreadableBody(message) => format!("The request body could not be read: {message}."),
+            Self::UnreadableBody => "The request body ended before it was complete.".to_owned(),
+            Self::BodyTimeout => "The request body was not sent in time.".to_owned(),
             Self::InvalidId { name, value } => format!(
                 "Path parameter {name} must be an integer from 1 to 9223372036854775807, got {value:?}."
             ),

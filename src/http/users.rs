@@ -6,7 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Deserializer};
 
 use super::body::{JsonBody, JsonObject};
-use super::params::{if_match, if_none_match, query_error, QueryParams};
+use super::params::{if_match, if_none_match, query_error, NoQuery, QueryParams};
 use super::posts::{post_fields, PostFieldsBody};
 use super::problem::ApiError;
 use super::representation::{page_response, with_etag, UserBody};
@@ -201,6 +201,7 @@ fn location(user: &User) -> String {
 pub async fn create(
     state: web::Data<AppState>,
     ctx: RequestCtx,
+    _: NoQuery,
     JsonBody(body): JsonBody<CreateUserBody>,
 ) -> Result<HttpResponse, ApiError> {
     let had_posts = body.posts.is_some();
@@ -287,6 +288,7 @@ pub async fn replace(
     request: HttpRequest,
     state: web::Data<AppState>,
     ctx: RequestCtx,
+    _: NoQuery,
     JsonBody(body): JsonBody<ReplaceUserBody>,
 ) -> Result<HttpResponse, ApiError> {
     let fields = body.validate()?;
@@ -311,6 +313,7 @@ pub async fn patch(
     request: HttpRequest,
     state: web::Data<AppState>,
     ctx: RequestCtx,
+    _: NoQuery,
     JsonBody(body): JsonBody<PatchUserBody>,
 ) -> Result<HttpResponse, ApiError> {
     let patch = body.validate()?;

@@ -472,3 +472,50 @@ fn cli_failed_start_hides_password() {
         finished.stderr
     );
 }
+
+/// Invalid URLs that carry a password: clap used to echo the value, a
+/// libpq key=value string was taken as an SQLite path and logged, and
+/// libpq's error for a malformed URL repeats the URL.
+#[test]
+fn cli_invalid_urls_hide_password() {
+    let urls = [
+        "mysql://root:s3cr3tpw@127.0.0.1:3306/troupe",
+        "host=127.0.0.1 user=postgres password=s3cr3tpw dbname=troupe",
+        "postgres://postgres:s3cr3tpw@[::1:5432/troupe",
+    ];
+    for url in urls {
+        for via_flag in [false, true] {
+            let mut command = troupe();
+            if via_flag {
+                command.args(["--database-url", url]);
+            } else {
+                command.env("DATABASE_URL", url);
+            }
+            let finished = run(command.args(["serve", "--bind", "127.0.0.1:0"]));
+
+            assert!(!finished.status.success(), "{url} does not start");
+            assert!(
+                !finished.stderr.contains("s3cr3tpw"),
+                "{url} (flag: {via_flag}): the password is not printed:\n{}",
+                finished.stderr
+            );
+        }
+    }
+}
+
+/// `tracing` read an unknown level such as `verbose` as a target name and
+/// logged nothing at all, errors included.
+#[test]
+fn cli_unknown_log_level_fails() {
+    let finished = run(troupe().args(["--log-level", "verbose", "migrate", "status"]));
+
+    assert!(
+        !finished.status.success(),
+        "an unknown level stops the start"
+    );
+    assert!(
+        finished.stderr.contains("--log-level"),
+        "the message names the setting:\n{}",
+        finished.stderr
+    );
+}

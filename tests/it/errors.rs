@@ -160,7 +160,11 @@ fn chunked(body: &[u8], chunk_size: usize) -> Vec<Vec<u8>> {
 /// stop reading before the whole body is sent. The connection stays open until
 /// the response has been read, so the server cannot learn that the body
 /// ended early.
-async fn raw_exchange(addr: SocketAddr, head: &str, body_parts: &[Vec<u8>]) -> reqwest::Response {
+pub(crate) async fn raw_exchange(
+    addr: SocketAddr,
+    head: &str,
+    body_parts: &[Vec<u8>],
+) -> reqwest::Response {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await.expect("connect to the app");
         if stream.write_all(head.as_bytes()).await.is_ok() {

@@ -16,6 +16,7 @@ mod actors;
 mod cli;
 mod errors;
 mod faults;
+mod hardening;
 // The harness serves every test module; no single module uses all of it.
 #[allow(dead_code)]
 mod helpers;

@@ -64,11 +64,15 @@ const PG_OBJECTS: &str = "
     WHERE strpos(name, '__diesel_schema_migrations') = 0";
 
 /// Tables, indexes, views and triggers, without diesel's bookkeeping table
-/// and the index SQLite creates for that table's primary key.
+/// and the index SQLite creates for that table's primary key. SQLite's own
+/// `sqlite_sequence` is left out too: SQLite creates it for AUTOINCREMENT
+/// and does not allow dropping it, but it deletes a table's row in it when
+/// the table is dropped.
 const SQLITE_OBJECTS: &str = "
     SELECT type || ':' || name AS name FROM sqlite_master
     WHERE type IN ('table', 'index', 'view', 'trigger')
-      AND instr(name, '__diesel_schema_migrations') = 0";
+      AND instr(name, '__diesel_schema_migrations') = 0
+      AND name != 'sqlite_sequence'";
 
 impl Raw {
     fn connect(url: &DatabaseUrl) -> Self {

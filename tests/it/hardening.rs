@@ -1,0 +1,303 @@
+//! Regression tests for faults found by trying to break the service: each
+//! test is named after the fault it pins.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::errors::raw_exchange;
+use crate::helpers::{problem, Backend, TestApp};
+
+crate::on_both_backends!(
+    partial_body_gets_408,
+    hard_delete_never_reuses_ids,
+    email_filter_with_nul_is_400,
+    query_parameters_rejected_on_writes,
+    content_type_variants,
+    content_encoding_is_415,
+    if_match_needs_canonical_tags,
+    if_match_lines_form_one_list,
+    empty_if_match_matches_nothing,
+    unchanged_patch_keeps_version,
+    type_errors_use_json_names,
+);
+
+/// A client that sends part of its body and stops gets 408 within the
+/// client timeout instead of holding the connection.
+async fn partial_body_gets_408(backend: Backend) {
+    let spawned = TestApp::spawn_with(backend, |settings| {
+        settings.client_timeout = Duration::from_millis(300);
+    });
+    let Some(app) = spawned.await else { return };
+    let head = format!(
+        "POST /api/v1/users HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n",
+        app.addr
+    );
+
+    let response = raw_exchange(app.addr, &head, &[b"{\"name\":".to_vec()]).await;
+
+    let body = problem(response, 408).await;
+    assert_eq!(body["code"], "request_timeout");
+    app.stop().await;
+}
+
+/// SQLite reused the id of a hard-deleted row, so an old entity tag matched
+/// a different user.
+async fn hard_delete_never_reuses_ids(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    app.create_user("First User", "first@example.com").await;
+    let last = app.create_user("Last User", "last@example.com").await;
+    let last_id = last["id"].as_i64().unwrap();
+
+    let deleted = app
+        .delete(&format!("/api/v1/users/{last_id}?hard=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let next = app.create_user("Next User", "next@example.com").await;
+
+    assert!(
+        next["id"].as_i64().unwrap() > last_id,
+        "a new user gets a fresh id: {next}"
+    );
+    app.stop().await;
+}
+
+/// PostgreSQL text cannot hold NUL; the filter must be rejected, not sent.
+async fn email_filter_with_nul_is_400(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    for query in ["email=%00", "email=a%00b@example.com"] {
+        let response = app
+            .get(&format!("/api/v1/users?{query}"))
+            .send()
+            .await
+            .unwrap();
+        let body = problem(response, 400).await;
+        assert_eq!(body["code"], "invalid_query", "{query}");
+    }
+    app.stop().await;
+}
+
+/// Routes that take no query parameters rejected none of them.
+async fn query_parameters_rejected_on_writes(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let user = app.create_user("Query Check", "query@example.com").await;
+    let post = app
+        .create_post(user["id"].as_i64().unwrap(), "Query post")
+        .await;
+    let user_path = format!("/api/v1/users/{}", user["id"]);
+    let post_path = format!("/api/v1/posts/{}", post["id"]);
+    let user_body = json!({ "name": "Query Check", "email": "query@example.com" });
+    let post_body = json!({ "title": "t", "content": "c" });
+
+    let requests = [
+        (
+            "POST /users",
+            app.post_json("/api/v1/users?x=1", &user_body),
+        ),
+        (
+            "PUT /users/{id}",
+            app.put_json(&format!("{user_path}?x=1"), &user_body),
+        ),
+        (
+            "PATCH /users/{id}",
+            app.patch_json(&format!("{user_path}?hard=true"), &json!({})),
+        ),
+        (
+            "POST /users/{id}/posts",
+            app.post_json(&format!("{user_path}/posts?x=1"), &post_body),
+        ),
+        (
+            "PUT /posts/{id}",
+            app.put_json(&format!("{post_path}?x=1"), &post_body),
+        ),
+        (
+            "PATCH /posts/{id}",
+            app.patch_json(&format!("{post_path}?x=1"), &json!({})),
+        ),
+    ];
+    for (route, request) in requests {
+        let body = problem(request.send().await.unwrap(), 400).await;
+        assert_eq!(body["code"], "invalid_query", "{route}");
+    }
+    app.stop().await;
+}
+
+async fn create_with_content_type(
+    app: &TestApp,
+    content_type: &str,
+    email: &str,
+) -> reqwest::Response {
+    let body = json!({ "name": "Type Check", "email": email }).to_string();
+    app.client
+        .post(app.url("/api/v1/users"))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// HTTP allows white space before `;`, and JSON is always UTF-8, so another
+/// declared charset would be misread.
+async fn content_type_variants(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let cases = [
+        ("application/json ; charset=utf-8", 201),
+        ("application/json;charset=\"UTF-8\"", 201),
+        ("application/json; charset=latin1", 415),
+        ("application/json; charset=utf-16", 415),
+    ];
+    for (index, (content_type, status)) in cases.into_iter().enumerate() {
+        let response =
+            create_with_content_type(&app, content_type, &format!("type{index}@example.com")).await;
+        assert_eq!(response.status(), status, "{content_type}");
+    }
+    app.stop().await;
+}
+
+/// A compressed body was decoded as if it were plain JSON.
+async fn content_encoding_is_415(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let response = app
+        .post_json(
+            "/api/v1/users",
+            &json!({ "name": "Gzip", "email": "gzip@example.com" }),
+        )
+        .header("content-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+
+    let body = problem(response, 415).await;
+    assert_eq!(body["code"], "unsupported_media_type");
+    app.stop().await;
+}
+
+async fn patch_with_if_match(app: &TestApp, path: &str, tags: &[&str]) -> reqwest::Response {
+    let mut request = app.patch_json(path, &json!({ "age": 40 }));
+    for tag in tags {
+        request = request.header("if-match", *tag);
+    }
+    request.send().await.unwrap()
+}
+
+/// `"01"` matched the tag `"1"` because tags were compared as numbers.
+async fn if_match_needs_canonical_tags(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let user = app.create_user("Tag Check", "tag@example.com").await;
+    let path = format!("/api/v1/users/{}", user["id"]);
+
+    for tag in ["\"01\"", "\"+1\"", "\" 1\""] {
+        let response = patch_with_if_match(&app, &path, &[tag]).await;
+        assert_eq!(response.status(), 412, "If-Match: {tag}");
+    }
+    app.stop().await;
+}
+
+/// Two `If-Match` lines are one list; only the first line was read.
+async fn if_match_lines_form_one_list(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let user = app.create_user("Lines Check", "lines@example.com").await;
+    let path = format!("/api/v1/users/{}", user["id"]);
+
+    let response = patch_with_if_match(&app, &path, &["\"5\"", "\"1\""]).await;
+
+    assert_eq!(
+        response.status(),
+        200,
+        "the second line matches the current tag"
+    );
+    app.stop().await;
+}
+
+/// An empty `If-Match` was treated as no condition at all.
+async fn empty_if_match_matches_nothing(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let user = app.create_user("Empty Tag", "empty@example.com").await;
+    let path = format!("/api/v1/users/{}", user["id"]);
+
+    let response = patch_with_if_match(&app, &path, &[""]).await;
+
+    assert_eq!(response.status(), 412);
+    app.stop().await;
+}
+
+/// A patch that set a value to what it already was raised the version.
+async fn unchanged_patch_keeps_version(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let user = app
+        .post_json(
+            "/api/v1/users",
+            &json!({ "name": "Same Age", "email": "same@example.com", "age": 30 }),
+        )
+        .send()
+        .await
+        .unwrap();
+    let user: Value = user.json().await.unwrap();
+    let path = format!("/api/v1/users/{}", user["id"]);
+
+    let patched = app
+        .patch_json(&path, &json!({ "age": 30, "email": "SAME@example.com" }))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(patched.status(), 200);
+    assert_eq!(patched.headers()["etag"], "\"1\"", "the version stays");
+    let patched: Value = patched.json().await.unwrap();
+    assert_eq!(
+        patched["updated_at"], user["updated_at"],
+        "updated_at stays"
+    );
+    app.stop().await;
+}
+
+/// Type errors named Rust types such as `i64` and `struct CreateUserBody`.
+async fn type_errors_use_json_names(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let cases = [
+        (
+            json!({ "name": "Ada", "email": "a@b.co", "age": 1.5 }),
+            "an integer",
+        ),
+        (
+            json!({ "name": "Ada", "email": "a@b.co", "posts": {} }),
+            "an array",
+        ),
+    ];
+    for (body, expected) in cases {
+        let response = app.post_json("/api/v1/users", &body).send().await.unwrap();
+        let problem_body = problem(response, 422).await;
+        let message = problem_body["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(message.contains(expected), "{body}: {message}");
+        assert!(
+            !message.contains("i64") && !message.contains("struct"),
+            "{body}: {message}"
+        );
+    }
+    app.stop().await;
+}
