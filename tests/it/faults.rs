@@ -272,3 +272,62 @@ async fn expired_requests_are_skipped() {
     assert_eq!(after.status(), 201, "service resumes once the lock is gone");
     app.stop().await;
 }
+
+/// PostgreSQL counterpart of the SQLite lock test: another session holds an
+/// exclusive lock on `users` longer than the request budget. The statement
+/// that waits for it is cancelled by `statement_timeout` (503
+/// `database_busy`), later ones are skipped at their deadline (503
+/// `deadline_exceeded`), nothing is stored, and `/healthz` stays 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_table_lock_gives_503() {
+    let spawned = TestApp::spawn_with(Backend::Postgres, |settings| {
+        settings.db_workers = 1;
+        settings.pool.max_size = 1;
+        settings.pool.pg_statement_timeout = Duration::from_millis(400);
+        settings.request_timeout = Duration::from_millis(500);
+    });
+    let Some(app) = spawned.await else { return };
+    let DatabaseUrl::Postgres(url) = app.db.url.clone() else {
+        unreachable!("a PostgreSQL test database")
+    };
+    let mut locker = diesel::PgConnection::establish(&url).unwrap();
+    locker
+        .batch_execute("BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+
+    let mut requests = JoinSet::new();
+    for n in 0..3 {
+        let request = create_request(&app, n);
+        requests.spawn(async move { request.send().await });
+    }
+    let health = app
+        .get("/healthz")
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await;
+    assert_eq!(health.expect("/healthz answers").status(), 200);
+
+    let mut codes = Vec::new();
+    while let Some(joined) = requests.join_next().await {
+        let response = joined.unwrap().unwrap();
+        assert_eq!(response.status(), 503, "a create behind the lock gets 503");
+        let body: Value = response.json().await.unwrap();
+        codes.push(body["code"].as_str().unwrap_or_default().to_owned());
+    }
+    locker.batch_execute("ROLLBACK").unwrap();
+
+    assert!(
+        codes.contains(&"database_busy".to_owned()),
+        "the started create is cancelled: {codes:?}"
+    );
+    assert!(
+        codes.contains(&"deadline_exceeded".to_owned()),
+        "a late create is skipped: {codes:?}"
+    );
+    assert_eq!(
+        total_users(&app).await,
+        0,
+        "no create behind the lock is stored"
+    );
+    app.stop().await;
+}

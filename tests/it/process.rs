@@ -387,3 +387,41 @@ async fn shutdown_timeout_logs_cut_requests() {
         "the cut-off create is not stored"
     );
 }
+
+/// Log lines that actors write while handling a request carry that
+/// request's id, because every message carries the request's span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actor_logs_carry_request_id() {
+    let Some(db) = TestDb::create(Backend::Sqlite) else {
+        return;
+    };
+    let server = Server::start(&db.url, &["--log-level", "info,troupe::actors=debug"]);
+
+    let client = reqwest::Client::new();
+    let created = client
+        .post(server.url("/api/v1/users"))
+        .header("x-request-id", "traced-create")
+        .json(&json!({ "name": "Traced", "email": "traced@example.com" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+
+    server.signal("TERM");
+    let (_, events) = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap();
+
+    let from_worker: Vec<_> = events_of(&events, "traced-create")
+        .into_iter()
+        .filter(|e| e["target"] == "troupe::actors::db_worker")
+        .collect();
+    assert!(
+        !from_worker.is_empty(),
+        "the database worker's log line for the insert carries the request id"
+    );
+    assert!(
+        from_worker.iter().any(|e| e["db.op"] == "users.insert"),
+        "the line names the query: {from_worker:?}"
+    );
+}
