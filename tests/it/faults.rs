@@ -216,11 +216,12 @@ async fn full_queue_rejects_with_503() {
     app.stop().await;
 }
 
-/// One worker, a busy timeout of 400 ms and a request budget of 500 ms: the
-/// first create waits out the busy timeout (503 `database_busy`), the second
-/// starts at 400 ms or later and does the same, so the third cannot start
-/// before 800 ms and is skipped (503 `deadline_exceeded`). None is stored,
-/// and service resumes once the lock is gone.
+/// Runs three creates behind an SQLite lock with one worker, a busy timeout
+/// of 400 ms and a request budget of 500 ms. The first create waits out the
+/// busy timeout and gets 503 `database_busy`. The second starts at 400 ms or
+/// later and does the same, so the third cannot start before 800 ms and is
+/// skipped with 503 `deadline_exceeded`. None is stored, and service resumes
+/// once the lock is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_requests_are_skipped() {
     let spawned = TestApp::spawn_with(Backend::Sqlite, |settings| {
