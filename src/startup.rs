@@ -89,6 +89,7 @@ pub struct Application {
     server: Server,
     addr: SocketAddr,
     store: Addr<UserStore>,
+    db: Addr<DbWorker>,
     store_arbiter: Arbiter,
     pub worker_stats: Arc<WorkerStats>,
     pub store_stats: Arc<StoreStats>,
@@ -156,7 +157,7 @@ impl Application {
             escalation: Arc::clone(&escalation),
             cut_off: cut_off_notice,
             store: store.clone(),
-            db,
+            db: db.clone(),
             admission,
             metrics,
             request_timeout: settings.request_timeout,
@@ -191,6 +192,7 @@ impl Application {
             server,
             addr,
             store,
+            db,
             store_arbiter,
             worker_stats,
             store_stats,
@@ -216,6 +218,10 @@ impl Application {
 
     pub fn user_store(&self) -> &Addr<UserStore> {
         &self.store
+    }
+
+    pub fn db_workers(&self) -> &Addr<DbWorker> {
+        &self.db
     }
 
     /// Serves until the server stops (on SIGINT or SIGTERM, or through its

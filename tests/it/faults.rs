@@ -6,8 +6,10 @@ use diesel::connection::SimpleConnection;
 use diesel::{Connection, SqliteConnection};
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
+use troupe::actors::{ActorError, DbQuery, InjectPanic, Query, RequestCtx};
 use troupe::config::QueueSettings;
 use troupe::db::DatabaseUrl;
+use troupe::db::{DbConn, DbError};
 
 use crate::helpers::{Backend, TestApp};
 
@@ -110,7 +112,7 @@ async fn healthz_answers_while_sqlite_locked() {
     app.stop().await;
 }
 
-crate::on_both_backends!(burst_creates_match_rows);
+crate::on_both_backends!(burst_creates_match_rows, metrics_count_panics_and_restarts);
 
 /// Reads one sample from `/metrics`, such as
 /// `troupe_unavailable_responses_total{reason="overloaded"}`; a sample that
@@ -330,5 +332,49 @@ async fn postgres_table_lock_gives_503() {
         0,
         "no create behind the lock is stored"
     );
+    app.stop().await;
+}
+
+/// A query that panics, to make a database worker fail on purpose.
+struct Explode;
+
+impl DbQuery for Explode {
+    type Output = ();
+    const NAME: &'static str = "test.explode";
+
+    fn run(self, _: &mut DbConn) -> Result<(), DbError> {
+        panic!("panic injected by a test")
+    }
+}
+
+/// Panics caught in the user store and in the database workers, and the
+/// store's restarts, show in `/metrics`; the service keeps serving.
+async fn metrics_count_panics_and_restarts(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+
+    let store_reply = app.store.send(InjectPanic).await.unwrap();
+    let worker_reply = app
+        .workers
+        .send(Query::new(
+            RequestCtx::internal(Duration::from_secs(5)),
+            Explode,
+        ))
+        .await
+        .unwrap();
+
+    assert!(
+        matches!(store_reply, Err(ActorError::Panicked { .. })),
+        "{store_reply:?}"
+    );
+    assert!(
+        matches!(worker_reply, Err(ActorError::Panicked { .. })),
+        "{worker_reply:?}"
+    );
+    assert_eq!(metric(&app, "troupe_user_store_panics_total").await, 1.0);
+    assert_eq!(metric(&app, "troupe_user_store_restarts_total").await, 1.0);
+    assert_eq!(metric(&app, "troupe_db_worker_panics_total").await, 1.0);
+    app.create_user("After Panics", "after@example.com").await;
     app.stop().await;
 }

@@ -5,8 +5,10 @@ use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
+use actix::Addr;
 use diesel::{Connection, PgConnection, RunQueryDsl};
 use serde_json::Value;
+use troupe::actors::{DbWorker, UserStore};
 use troupe::config::{ServeArgs, Settings};
 use troupe::db::DatabaseUrl;
 use troupe::startup::{Application, StopHandle};
@@ -131,6 +133,9 @@ pub fn test_settings(url: DatabaseUrl) -> Settings {
 /// The service running in its own thread, with its own database.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The running service's actors, for tests that message them directly.
+    pub store: Addr<UserStore>,
+    pub workers: Addr<DbWorker>,
     pub client: reqwest::Client,
     stop: StopHandle,
     thread: Option<JoinHandle<()>>,
@@ -164,15 +169,18 @@ impl TestApp {
                 let app = Application::build(settings)
                     .await
                     .expect("build the application");
+                let actors = (app.user_store().clone(), app.db_workers().clone());
                 started_tx
-                    .send((app.local_addr(), app.stop_handle()))
+                    .send((app.local_addr(), app.stop_handle(), actors))
                     .expect("report the address");
                 app.run().await.expect("run the server");
             });
         });
-        let (addr, stop) = started_rx.recv().expect("the application starts");
+        let (addr, stop, (store, workers)) = started_rx.recv().expect("the application starts");
         Self {
             addr,
+            store,
+            workers,
             client: reqwest::Client::new(),
             stop,
             thread: Some(thread),
