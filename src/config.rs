@@ -43,10 +43,7 @@ pub const DEFAULT_DB_QUEUE_WAIT_MS: u64 = 100;
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_BODY_LIMIT_BYTES: u64 = 64 * 1024;
 pub const DEFAULT_CLIENT_TIMEOUT_MS: u64 = 5000;
-pub const DEFAULT_CACHE_CAPACITY: NonZeroUsize = match NonZeroUsize::new(10_000) {
-    Some(capacity) => capacity,
-    None => NonZeroUsize::MIN,
-};
+pub const DEFAULT_CACHE_CAPACITY: usize = 10_000;
 
 /// troupe: an actor-based users-and-posts REST service.
 #[derive(Debug, Parser)]
@@ -190,9 +187,9 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub client_timeout_ms: u64,
 
-    /// Users kept in the user-store cache.
+    /// Users kept in the user-store cache; 0 turns the cache off.
     #[arg(long, env = "TROUPE_CACHE_CAPACITY", default_value_t = DEFAULT_CACHE_CAPACITY)]
-    pub cache_capacity: NonZeroUsize,
+    pub cache_capacity: usize,
 
     /// HTTP worker threads (default: one per CPU core).
     #[arg(long, env = "TROUPE_HTTP_WORKERS",
@@ -234,7 +231,8 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     pub body_limit: usize,
     pub client_timeout: Duration,
-    pub cache_capacity: NonZeroUsize,
+    /// `None` turns the user-store cache off.
+    pub cache_capacity: Option<NonZeroUsize>,
     pub http_workers: Option<usize>,
 }
 
@@ -312,7 +310,7 @@ impl Settings {
             shutdown_timeout: Duration::from_secs(serve.shutdown_timeout_secs),
             body_limit: serve.body_limit_bytes as usize,
             client_timeout: Duration::from_millis(serve.client_timeout_ms),
-            cache_capacity: serve.cache_capacity,
+            cache_capacity: NonZeroUsize::new(serve.cache_capacity),
             http_workers: serve.http_workers.map(|n| n as usize),
         })
     }

@@ -2,6 +2,7 @@
 //! the same path with port 0.
 
 use std::net::{SocketAddr, TcpListener};
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,12 +127,15 @@ impl Application {
         let store_stats = Arc::new(StoreStats::default());
         let store_arbiter = Arbiter::new();
         let escalation = Arc::new(Escalation::default());
-        let store = UserStore::new(
+        let mut store = UserStore::new(
             UserDb::new(&db).with_admission(admission.clone()),
-            settings.cache_capacity,
+            settings.cache_capacity.unwrap_or(NonZeroUsize::MIN),
             Arc::clone(&store_stats),
         )
         .with_supervision(RestartPolicy::default(), Arc::clone(&escalation));
+        if settings.cache_capacity.is_none() {
+            store = store.without_cache();
+        }
         let store = UserStore::start_supervised(&store_arbiter.handle(), store);
 
         let listener = TcpListener::bind(settings.bind).map_err(|source| StartupError::Bind {

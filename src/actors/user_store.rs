@@ -192,6 +192,8 @@ pub struct UserStore {
     escalation: Arc<Escalation>,
     /// The pause to take before handling messages again after a restart.
     backoff: Option<Duration>,
+    /// False when every read must go to the database.
+    caching: bool,
 }
 
 impl UserStore {
@@ -205,7 +207,16 @@ impl UserStore {
             restarts: RestartTracker::new(RestartPolicy::default()),
             escalation: Arc::new(Escalation::default()),
             backoff: None,
+            caching: true,
         }
+    }
+
+    /// Turns the cache off, so every read goes to the database. Several
+    /// instances that share a database need this until their caches are
+    /// invalidated across instances.
+    pub fn without_cache(mut self) -> Self {
+        self.caching = false;
+        self
     }
 
     /// Applies `policy` to restarts and reports failures past it to
@@ -284,7 +295,8 @@ impl Actor for UserStore {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        tracing::debug!(cache.capacity = self.capacity.get(), "user store started");
+        let capacity = if self.caching { self.capacity.get() } else { 0 };
+        tracing::debug!(cache.capacity = capacity, "user store started");
 
         // Messages wait in the mailbox during the pause; each is checked
         // against its deadline when it is handled.
@@ -369,7 +381,7 @@ impl Handler<GetUser> for UserStore {
             let reply = send_admitted(store.db.admission.clone(), store.db.find.clone(), query);
             Box::pin(reply.into_actor(store).map(move |result, store, _| {
                 if let Ok(user) = &result {
-                    if store.generation == generation {
+                    if store.caching && store.generation == generation {
                         store.cache.put(id, user.clone());
                     } else {
                         let _entered = span.enter();

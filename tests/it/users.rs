@@ -1652,7 +1652,47 @@ async fn postgres_time_zone_keeps_utc() {
     app.stop().await;
 }
 
+/// Reads the user's name after changing it behind the service's back.
+async fn name_after_direct_update(app: &TestApp) -> (Value, Value) {
+    let user = app.create_user("Cached Name", "cached@example.com").await;
+    let path = user_path(id_of(&user));
+    let before: Value = app.get(&path).send().await.unwrap().json().await.unwrap();
+
+    let mut db = DirectDb::connect(&app.db.url);
+    db.execute(&format!(
+        "UPDATE users SET name = 'Changed Directly' WHERE id = {}",
+        id_of(&user)
+    ));
+
+    let after: Value = app.get(&path).send().await.unwrap().json().await.unwrap();
+    (before["name"].clone(), after["name"].clone())
+}
+
+async fn cache_serves_repeated_reads(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let (before, after) = name_after_direct_update(&app).await;
+    assert_eq!(before, "Cached Name");
+    assert_eq!(after, "Cached Name", "the second read comes from the cache");
+    app.stop().await;
+}
+
+async fn cache_off_reads_database(backend: Backend) {
+    let spawned = TestApp::spawn_with(backend, |settings| settings.cache_capacity = None);
+    let Some(app) = spawned.await else { return };
+    let (before, after) = name_after_direct_update(&app).await;
+    assert_eq!(before, "Cached Name");
+    assert_eq!(
+        after, "Changed Directly",
+        "with the cache off every read sees the database"
+    );
+    app.stop().await;
+}
+
 crate::on_both_backends!(
+    cache_serves_repeated_reads,
+    cache_off_reads_database,
     create_returns_location_and_etag,
     create_trims_and_lowercases,
     create_without_age_is_null,
