@@ -11,6 +11,7 @@ use actix::{Addr, Arbiter, ArbiterHandle};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::actors::{
@@ -38,6 +39,8 @@ pub enum StartupError {
     Migration(#[from] MigrationError),
     #[error("connecting the database pool failed")]
     Pool(#[from] r2d2::Error),
+    #[error("listening for SIGTERM and SIGINT failed")]
+    Signals(#[source] std::io::Error),
     #[error("registering metrics failed")]
     Metrics(#[from] prometheus::Error),
     #[error("the blocking thread pool is gone")]
@@ -66,22 +69,28 @@ impl StopHandle {
     }
 }
 
-/// Waits for SIGTERM or SIGINT and returns its name.
-async fn shutdown_signal() -> &'static str {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut stream) => {
-                stream.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the server");
-                std::future::pending::<()>().await;
-            }
+/// SIGTERM and SIGINT listeners. They are registered before the server
+/// logs that it listens, so a signal that arrives right after start-up is
+/// handled instead of killing the process.
+struct ShutdownSignals {
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl ShutdownSignals {
+    fn register() -> std::io::Result<Self> {
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Waits for either signal and returns its name.
+    async fn recv(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
         }
-    };
-    tokio::select! {
-        () = terminate => "SIGTERM",
-        _ = tokio::signal::ctrl_c() => "SIGINT",
     }
 }
 
@@ -96,6 +105,7 @@ pub struct Application {
     pub store_stats: Arc<StoreStats>,
     /// Set once shutdown starts; `/readyz` then answers 503.
     shutting_down: Arc<AtomicBool>,
+    signals: ShutdownSignals,
     /// Triggered when the user store restarts too often.
     escalation: Arc<Escalation>,
     /// Tells in-flight requests that the shutdown timeout has passed.
@@ -191,6 +201,7 @@ impl Application {
             })?
             .run();
 
+        let signals = ShutdownSignals::register().map_err(StartupError::Signals)?;
         tracing::info!(http.addr = %addr, "listening");
         Ok(Self {
             server,
@@ -201,6 +212,7 @@ impl Application {
             worker_stats,
             store_stats,
             shutting_down,
+            signals,
             escalation,
             cut_off,
             shutdown_timeout: settings.shutdown_timeout,
@@ -231,12 +243,13 @@ impl Application {
     /// Serves until the server stops (on SIGINT or SIGTERM, or through its
     /// handle), then stops the user store.
     pub async fn run(self) -> std::io::Result<()> {
+        let signals = self.signals;
         let handle = self.server.handle();
         let shutting_down = Arc::clone(&self.shutting_down);
         let cut_off = self.cut_off.clone();
         let timeout = self.shutdown_timeout;
         let on_signal = actix_web::rt::spawn(async move {
-            let signal = shutdown_signal().await;
+            let signal = signals.recv().await;
             tracing::info!(
                 signal,
                 timeout_secs = timeout.as_secs(),

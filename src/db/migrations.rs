@@ -61,9 +61,11 @@ fn establish(url: &DatabaseUrl) -> Result<MigrationConn, MigrationError> {
             let mut conn = SqliteConnection::establish(&url.connection_string())
                 .map_err(|e| connect(Box::new(e)))?;
             let busy_timeout = format!("PRAGMA busy_timeout = {}", SQLITE_LOCK_WAIT.as_millis());
-            conn.batch_execute(&busy_timeout).map_err(|e| {
-                MigrationError::new("configuring the SQLite connection")(Box::new(e))
-            })?;
+            conn.batch_execute(&busy_timeout)
+                .and_then(|()| super::use_wal(&mut conn, SQLITE_LOCK_WAIT))
+                .map_err(|e| {
+                    MigrationError::new("configuring the SQLite connection")(Box::new(e))
+                })?;
             Ok(MigrationConn::Sqlite(conn))
         }
     }

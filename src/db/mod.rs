@@ -147,11 +147,46 @@ struct SqliteSession {
 impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqliteSession {
     fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
         let pragmas = format!(
-            "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; \
-             PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+            "PRAGMA busy_timeout = {}; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
             self.busy_timeout.as_millis()
         );
         conn.batch_execute(&pragmas)
+            .and_then(|()| use_wal(conn, self.busy_timeout))
             .map_err(diesel::r2d2::Error::QueryError)
     }
+}
+
+#[derive(diesel::QueryableByName)]
+struct JournalMode {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    journal_mode: String,
+}
+
+/// Switches the database file to WAL unless it already is. The mode is
+/// stored in the file, so usually only the first connection ever switches
+/// it. SQLite answers a switch that races another process's with "database
+/// is locked" at once, without its busy handler, so the switch is retried
+/// for up to `wait`.
+pub(crate) fn use_wal(conn: &mut SqliteConnection, wait: Duration) -> diesel::QueryResult<()> {
+    use diesel::RunQueryDsl;
+
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let switched = diesel::sql_query("PRAGMA journal_mode")
+            .get_result::<JournalMode>(conn)
+            .and_then(|mode| match mode.journal_mode.eq_ignore_ascii_case("wal") {
+                true => Ok(()),
+                false => conn.batch_execute("PRAGMA journal_mode = WAL"),
+            });
+        match switched {
+            Err(error) if is_locked(&error) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn is_locked(error: &diesel::result::Error) -> bool {
+    matches!(error, diesel::result::Error::DatabaseError(_, info) if info.message().contains("locked"))
 }

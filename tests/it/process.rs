@@ -35,6 +35,8 @@ struct Server {
     child: Child,
     addr: SocketAddr,
     log: mpsc::Receiver<String>,
+    /// Lines read while waiting for the server to listen.
+    start_log: Vec<String>,
 }
 
 impl Server {
@@ -75,11 +77,16 @@ impl Server {
         });
 
         let deadline = Instant::now() + DEADLINE;
+        let mut start_log = Vec::new();
         let addr = loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = log
-                .recv_timeout(left)
-                .expect("troupe logs that it is listening");
+            let Ok(line) = log.recv_timeout(left) else {
+                panic!(
+                    "troupe did not log that it is listening; log:\n{}",
+                    start_log.join("\n")
+                )
+            };
+            start_log.push(line.clone());
             let Ok(event) = serde_json::from_str::<Value>(&line) else {
                 continue;
             };
@@ -87,7 +94,12 @@ impl Server {
                 break event["http.addr"].as_str().unwrap().parse().unwrap();
             }
         };
-        Self { child, addr, log }
+        Self {
+            child,
+            addr,
+            log,
+            start_log,
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -106,7 +118,7 @@ impl Server {
     /// event it wrote.
     fn wait(mut self) -> (ExitStatus, Vec<Value>) {
         let deadline = Instant::now() + DEADLINE;
-        let mut lines = Vec::new();
+        let mut lines = std::mem::take(&mut self.start_log);
         // The log channel disconnects when stderr closes, that is at exit.
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -424,4 +436,29 @@ async fn actor_logs_carry_request_id() {
         from_worker.iter().any(|e| e["db.op"] == "users.insert"),
         "the line names the query: {from_worker:?}"
     );
+}
+
+/// Two instances starting at once on a fresh SQLite file both start, and
+/// neither logs an error: switching the file to WAL used to race and log
+/// "database is locked" at error level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sqlite_starts_log_no_error() {
+    let Some(db) = TestDb::create(Backend::Sqlite) else {
+        return;
+    };
+    let (first, second) = std::thread::scope(|scope| {
+        let first = scope.spawn(|| Server::start(&db.url, &[]));
+        let second = scope.spawn(|| Server::start(&db.url, &[]));
+        (first.join().unwrap(), second.join().unwrap())
+    });
+
+    for server in [first, second] {
+        server.signal("TERM");
+        let (status, events) = tokio::task::spawn_blocking(move || server.wait())
+            .await
+            .unwrap();
+        let errors: Vec<_> = events.iter().filter(|e| e["level"] == "ERROR").collect();
+        assert!(status.success(), "each instance exits 0: {status}");
+        assert!(errors.is_empty(), "no error is logged: {errors:?}");
+    }
 }
