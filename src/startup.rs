@@ -19,7 +19,7 @@ use crate::actors::{
 };
 use crate::config::Settings;
 use crate::db::migrations::{self, MigrationError};
-use crate::db::DbPool;
+use crate::db::{DatabaseUrl, DbPool, PoolSettings};
 use crate::http::{self, AppState};
 use crate::metrics::{self, Metrics, Sources};
 
@@ -67,6 +67,30 @@ impl StopHandle {
         self.server.stop(graceful).await;
         self.store_arbiter.stop();
     }
+}
+
+/// Starts the worker that runs every write. SQLite allows one writer at a
+/// time, and writers that compete for its lock wait in its busy handler,
+/// which sleeps and retries in no order: under load some writes then wait
+/// for seconds or time out. One writer worker with its own connection makes
+/// writes queue in its mailbox instead, while reads keep the other workers.
+/// PostgreSQL handles concurrent writers itself, so there every worker
+/// writes.
+async fn start_writer(
+    settings: &Settings,
+    readers: &Addr<DbWorker>,
+    stats: &Arc<WorkerStats>,
+) -> Result<Addr<DbWorker>, StartupError> {
+    if !matches!(settings.database_url, DatabaseUrl::Sqlite(_)) {
+        return Ok(readers.clone());
+    }
+    let url = settings.database_url.clone();
+    let pool_settings = PoolSettings {
+        max_size: 1,
+        ..settings.pool.clone()
+    };
+    let pool = web::block(move || DbPool::connect(&url, &pool_settings)).await??;
+    Ok(DbWorker::start_pool(1, pool, Arc::clone(stats)))
 }
 
 /// SIGTERM and SIGINT listeners. They are registered before the server
@@ -131,6 +155,7 @@ impl Application {
 
         let worker_stats = Arc::new(WorkerStats::default());
         let db = DbWorker::start_pool(settings.db_workers, pool.clone(), Arc::clone(&worker_stats));
+        let writer = start_writer(&settings, &db, &worker_stats).await?;
         let queue_wait = metrics::queue_wait_histogram()?;
         let admission = Admission::new(settings.queue.capacity, settings.queue.wait)
             .with_wait_histogram(queue_wait.clone());
@@ -138,7 +163,9 @@ impl Application {
         let store_arbiter = Arbiter::new();
         let escalation = Arc::new(Escalation::default());
         let mut store = UserStore::new(
-            UserDb::new(&db).with_admission(admission.clone()),
+            UserDb::new(&db)
+                .with_writer(&writer)
+                .with_admission(admission.clone()),
             settings.cache_capacity.unwrap_or(NonZeroUsize::MIN),
             Arc::clone(&store_stats),
         )
@@ -172,6 +199,7 @@ impl Application {
             cut_off: cut_off_notice,
             store: store.clone(),
             db: db.clone(),
+            writer,
             admission,
             metrics,
             request_timeout: settings.request_timeout,

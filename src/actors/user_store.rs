@@ -139,6 +139,23 @@ impl UserDb {
         }
     }
 
+    /// Sends every write (insert, replace, update, delete) to `addr`
+    /// instead, leaving reads where they were.
+    pub fn with_writer<A>(mut self, addr: &Addr<A>) -> Self
+    where
+        A: UserQueryHandler,
+        A::Context: ToEnvelope<A, Query<users::Insert>>
+            + ToEnvelope<A, Query<users::Replace>>
+            + ToEnvelope<A, Query<users::Update>>
+            + ToEnvelope<A, Query<users::Delete>>,
+    {
+        self.insert = addr.clone().recipient();
+        self.replace = addr.clone().recipient();
+        self.update = addr.clone().recipient();
+        self.delete = addr.clone().recipient();
+        self
+    }
+
     /// Makes every query wait for a place in `admission` first.
     pub fn with_admission(mut self, admission: Admission) -> Self {
         self.admission = admission;

@@ -28,7 +28,11 @@ use problem::ApiError;
 /// Nothing in it is mutable, so no lock is needed.
 pub struct AppState {
     pub store: Addr<UserStore>,
+    /// The workers for reads.
     pub db: Addr<DbWorker>,
+    /// The worker or workers for writes: one on SQLite, the readers on
+    /// PostgreSQL.
+    pub writer: Addr<DbWorker>,
     /// The bound on database work, shared with the user store.
     pub admission: Admission,
     pub metrics: Arc<Metrics>,

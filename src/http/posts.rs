@@ -78,8 +78,26 @@ async fn run<Q: DbQuery>(
     ctx: RequestCtx,
     query: Q,
 ) -> Result<Q::Output, ApiError> {
+    send(&state.db, state, ctx, query).await
+}
+
+/// Like `run`, for writes, which go to the writer worker.
+async fn write<Q: DbQuery>(
+    state: &AppState,
+    ctx: RequestCtx,
+    query: Q,
+) -> Result<Q::Output, ApiError> {
+    send(&state.writer, state, ctx, query).await
+}
+
+async fn send<Q: DbQuery>(
+    workers: &actix::Addr<crate::actors::DbWorker>,
+    state: &AppState,
+    ctx: RequestCtx,
+    query: Q,
+) -> Result<Q::Output, ApiError> {
     let _ticket = state.admission.admit().await?;
-    let delivery = state.db.send(Query::new(ctx, query)).await;
+    let delivery = workers.send(Query::new(ctx, query)).await;
     ActorError::flatten("db_worker", delivery).map_err(ApiError::from)
 }
 
@@ -124,7 +142,7 @@ pub async fn create_for_user(
 ) -> Result<HttpResponse, ApiError> {
     let post: NewPost = post_fields(body)?;
 
-    let post = run(&state, ctx, posts::Insert { user_id, post }).await?;
+    let post = write(&state, ctx, posts::Insert { user_id, post }).await?;
 
     Ok(with_etag(HttpResponse::Created(), post.version)
         .insert_header((header::LOCATION, format!("/api/v1/posts/{}", post.id)))
@@ -195,7 +213,7 @@ pub async fn replace(
     };
     let if_match = if_match(&request);
 
-    let post = run(
+    let post = write(
         &state,
         ctx,
         posts::Update {
@@ -220,7 +238,7 @@ pub async fn patch(
     let patch = body.validate()?;
     let if_match = if_match(&request);
 
-    let post = run(
+    let post = write(
         &state,
         ctx,
         posts::Update {
@@ -248,7 +266,7 @@ pub async fn delete(
     };
     let if_match = if_match(&request);
 
-    run(&state, ctx, posts::Delete { id, mode, if_match }).await?;
+    write(&state, ctx, posts::Delete { id, mode, if_match }).await?;
 
     Ok(HttpResponse::NoContent().finish())
 }

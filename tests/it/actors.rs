@@ -1243,3 +1243,58 @@ async fn store_backoff_expires_waiting_requests() {
         "the expired read sent nothing to the database"
     );
 }
+
+#[actix::test]
+async fn store_sends_writes_to_writer() {
+    let reads = Arc::new(Script::default());
+    let writes = Arc::new(Script::default());
+    let readers = RecordingDb {
+        script: Arc::clone(&reads),
+    }
+    .start();
+    let writer = RecordingDb {
+        script: Arc::clone(&writes),
+    }
+    .start();
+    let db = UserDb::new(&readers).with_writer(&writer);
+    let store = UserStore::new(
+        db,
+        NonZeroUsize::new(8).unwrap(),
+        Arc::new(StoreStats::default()),
+    )
+    .start();
+    let ada = user(1, "Ada", "ada@example.com");
+    writes
+        .replies()
+        .insert
+        .push_back(Reply::Ready(Ok(UserWithPosts {
+            user: ada.clone(),
+            posts: Vec::new(),
+        })));
+    writes
+        .replies()
+        .update
+        .push_back(Reply::Ready(Ok(ada.clone())));
+    reads
+        .replies()
+        .find
+        .push_back(Reply::Ready(Ok(ada.clone())));
+
+    create(&store, new_user("Ada", "ada@example.com"))
+        .await
+        .unwrap();
+    patch(&store, id(1), rename("Ada L")).await.unwrap();
+    get(&store, id(1)).await.unwrap();
+
+    assert_eq!(
+        writes.sent().len(),
+        2,
+        "the insert and the update go to the writer"
+    );
+    assert_eq!(writes.inserts().len(), 1, "the writer got the insert");
+    assert_eq!(
+        reads.sent(),
+        vec![Sent::Find(users::Find { id: id(1) })],
+        "only the read goes to the readers"
+    );
+}
