@@ -1,186 +1,34 @@
+//! The `UserStore` actor: the owner of user state, with its supervision and
+//! the handlers of its messages.
+
+mod messages;
+mod port;
+
 use std::num::NonZeroUsize;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::dev::ToEnvelope;
 use actix::fut::{self, ActorFutureExt, WrapFuture};
 use actix::prelude::*;
 use lru::LruCache;
 
+use messages::WriteFinished;
+pub use messages::{
+    CreateUser, DeleteUser, GetUser, GetUserWithPosts, ListUsers, PatchUser, ReplaceUser,
+};
+use port::send_admitted;
+pub use port::{UserDb, UserQueryHandler};
+
 use super::queries::users;
 use super::{
-    panic_message, ActorError, Admission, DbQuery, Escalation, Query, RequestCtx, RestartDecision,
-    RestartPolicy, RestartTracker,
+    panic_message, ActorError, DbQuery, Escalation, Query, RestartDecision, RestartPolicy,
+    RestartTracker,
 };
-use crate::domain::{
-    DeleteMode, IfMatch, NewUser, Page, PageRequest, User, UserFields, UserFilter, UserId,
-    UserPatch, UserSort, UserWithPosts,
-};
+use crate::domain::{Page, User, UserId, UserWithPosts};
 
 const ACTOR: &str = "user_store";
-
-/// Defines a message to the `UserStore`: its fields and its reply.
-macro_rules! store_message {
-    ($(#[$doc:meta])* $name:ident { $($field:ident: $ty:ty),* $(,)? } -> $output:ty) => {
-        $(#[$doc])*
-        #[derive(Debug)]
-        pub struct $name {
-            pub ctx: RequestCtx,
-            $(pub $field: $ty,)*
-        }
-
-        impl Message for $name {
-            type Result = Result<$output, ActorError>;
-        }
-    };
-}
-
-store_message!(
-    /// Reads one user, from the cache when it is there.
-    GetUser { id: UserId } -> User
-);
-store_message!(
-    /// Reads one user with its posts, always from the database.
-    GetUserWithPosts { id: UserId } -> UserWithPosts
-);
-store_message!(
-    /// Reads one page of users.
-    ListUsers { filter: UserFilter, sort: UserSort, page: PageRequest } -> Page<User>
-);
-store_message!(
-    /// Creates a user and its posts.
-    CreateUser { user: NewUser } -> UserWithPosts
-);
-store_message!(
-    /// Replaces a user's fields.
-    ReplaceUser { id: UserId, fields: UserFields, if_match: Option<IfMatch> } -> User
-);
-store_message!(
-    /// Applies a merge patch to a user.
-    PatchUser { id: UserId, patch: UserPatch, if_match: Option<IfMatch> } -> User
-);
-store_message!(
-    /// Deletes a user and its posts.
-    DeleteUser { id: UserId, mode: DeleteMode, if_match: Option<IfMatch> } -> ()
-);
-
-/// Sent by a write's reply future to its own store after the database has
-/// replied and before the client gets the reply.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-struct WriteFinished {
-    id: UserId,
-}
-
-/// The database side of the `UserStore`: one recipient per query it sends.
-/// Built from the `DbWorker` pool in production and from a recording
-/// stand-in in tests.
-#[derive(Clone)]
-pub struct UserDb {
-    pub find: Recipient<Query<users::Find>>,
-    pub find_with_posts: Recipient<Query<users::FindWithPosts>>,
-    pub list: Recipient<Query<users::List>>,
-    pub insert: Recipient<Query<users::Insert>>,
-    pub replace: Recipient<Query<users::Replace>>,
-    pub update: Recipient<Query<users::Update>>,
-    pub delete: Recipient<Query<users::Delete>>,
-    /// The bound shared with every other sender to the pool.
-    pub admission: Admission,
-}
-
-/// An actor that handles every query `UserDb` sends.
-pub trait UserQueryHandler:
-    Actor
-    + Handler<Query<users::Find>>
-    + Handler<Query<users::FindWithPosts>>
-    + Handler<Query<users::List>>
-    + Handler<Query<users::Insert>>
-    + Handler<Query<users::Replace>>
-    + Handler<Query<users::Update>>
-    + Handler<Query<users::Delete>>
-{
-}
-
-impl<A> UserQueryHandler for A where
-    A: Actor
-        + Handler<Query<users::Find>>
-        + Handler<Query<users::FindWithPosts>>
-        + Handler<Query<users::List>>
-        + Handler<Query<users::Insert>>
-        + Handler<Query<users::Replace>>
-        + Handler<Query<users::Update>>
-        + Handler<Query<users::Delete>>
-{
-}
-
-impl UserDb {
-    pub fn new<A>(addr: &Addr<A>) -> Self
-    where
-        A: UserQueryHandler,
-        A::Context: ToEnvelope<A, Query<users::Find>>
-            + ToEnvelope<A, Query<users::FindWithPosts>>
-            + ToEnvelope<A, Query<users::List>>
-            + ToEnvelope<A, Query<users::Insert>>
-            + ToEnvelope<A, Query<users::Replace>>
-            + ToEnvelope<A, Query<users::Update>>
-            + ToEnvelope<A, Query<users::Delete>>,
-    {
-        Self {
-            find: addr.clone().recipient(),
-            find_with_posts: addr.clone().recipient(),
-            list: addr.clone().recipient(),
-            insert: addr.clone().recipient(),
-            replace: addr.clone().recipient(),
-            update: addr.clone().recipient(),
-            delete: addr.clone().recipient(),
-            admission: Admission::unbounded(),
-        }
-    }
-
-    /// Sends every write (insert, replace, update, delete) to `addr`
-    /// instead, leaving reads where they were.
-    pub fn with_writer<A>(mut self, addr: &Addr<A>) -> Self
-    where
-        A: UserQueryHandler,
-        A::Context: ToEnvelope<A, Query<users::Insert>>
-            + ToEnvelope<A, Query<users::Replace>>
-            + ToEnvelope<A, Query<users::Update>>
-            + ToEnvelope<A, Query<users::Delete>>,
-    {
-        self.insert = addr.clone().recipient();
-        self.replace = addr.clone().recipient();
-        self.update = addr.clone().recipient();
-        self.delete = addr.clone().recipient();
-        self
-    }
-
-    /// Makes every query wait for a place in `admission` first.
-    pub fn with_admission(mut self, admission: Admission) -> Self {
-        self.admission = admission;
-        self
-    }
-}
-
-/// Takes a place in the database queue, then sends `query` and waits for
-/// the worker's reply. The place is freed when the reply arrives.
-async fn send_admitted<Q>(
-    admission: Admission,
-    recipient: Recipient<Query<Q>>,
-    query: Query<Q>,
-) -> Result<Q::Output, ActorError>
-where
-    Q: DbQuery,
-    Query<Q>: Message<Result = Result<Q::Output, ActorError>>,
-{
-    // A message that waited out a restart backoff may have expired.
-    if query.ctx.is_expired() {
-        return Err(ActorError::DeadlineExceeded);
-    }
-    let _ticket = admission.admit().await?;
-    ActorError::flatten("db_worker", recipient.send(query).await)
-}
 
 /// Counters of one `UserStore`, kept across its restarts.
 #[derive(Debug, Default)]

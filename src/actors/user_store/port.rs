@@ -1,0 +1,116 @@
+//! The database side of the `UserStore`: the recipients of its queries and
+//! the admission every query passes first.
+
+use actix::dev::ToEnvelope;
+use actix::prelude::*;
+
+use crate::actors::queries::users;
+use crate::actors::{ActorError, Admission, DbQuery, Query};
+
+/// The database side of the `UserStore`: one recipient per query it sends.
+/// Built from the `DbWorker` pool in production and from a recording
+/// stand-in in tests.
+#[derive(Clone)]
+pub struct UserDb {
+    pub find: Recipient<Query<users::Find>>,
+    pub find_with_posts: Recipient<Query<users::FindWithPosts>>,
+    pub list: Recipient<Query<users::List>>,
+    pub insert: Recipient<Query<users::Insert>>,
+    pub replace: Recipient<Query<users::Replace>>,
+    pub update: Recipient<Query<users::Update>>,
+    pub delete: Recipient<Query<users::Delete>>,
+    /// The bound shared with every other sender to the pool.
+    pub admission: Admission,
+}
+
+/// An actor that handles every query `UserDb` sends.
+pub trait UserQueryHandler:
+    Actor
+    + Handler<Query<users::Find>>
+    + Handler<Query<users::FindWithPosts>>
+    + Handler<Query<users::List>>
+    + Handler<Query<users::Insert>>
+    + Handler<Query<users::Replace>>
+    + Handler<Query<users::Update>>
+    + Handler<Query<users::Delete>>
+{
+}
+
+impl<A> UserQueryHandler for A where
+    A: Actor
+        + Handler<Query<users::Find>>
+        + Handler<Query<users::FindWithPosts>>
+        + Handler<Query<users::List>>
+        + Handler<Query<users::Insert>>
+        + Handler<Query<users::Replace>>
+        + Handler<Query<users::Update>>
+        + Handler<Query<users::Delete>>
+{
+}
+
+impl UserDb {
+    pub fn new<A>(addr: &Addr<A>) -> Self
+    where
+        A: UserQueryHandler,
+        A::Context: ToEnvelope<A, Query<users::Find>>
+            + ToEnvelope<A, Query<users::FindWithPosts>>
+            + ToEnvelope<A, Query<users::List>>
+            + ToEnvelope<A, Query<users::Insert>>
+            + ToEnvelope<A, Query<users::Replace>>
+            + ToEnvelope<A, Query<users::Update>>
+            + ToEnvelope<A, Query<users::Delete>>,
+    {
+        Self {
+            find: addr.clone().recipient(),
+            find_with_posts: addr.clone().recipient(),
+            list: addr.clone().recipient(),
+            insert: addr.clone().recipient(),
+            replace: addr.clone().recipient(),
+            update: addr.clone().recipient(),
+            delete: addr.clone().recipient(),
+            admission: Admission::unbounded(),
+        }
+    }
+
+    /// Sends every write (insert, replace, update, delete) to `addr`
+    /// instead, leaving reads where they were.
+    pub fn with_writer<A>(mut self, addr: &Addr<A>) -> Self
+    where
+        A: UserQueryHandler,
+        A::Context: ToEnvelope<A, Query<users::Insert>>
+            + ToEnvelope<A, Query<users::Replace>>
+            + ToEnvelope<A, Query<users::Update>>
+            + ToEnvelope<A, Query<users::Delete>>,
+    {
+        self.insert = addr.clone().recipient();
+        self.replace = addr.clone().recipient();
+        self.update = addr.clone().recipient();
+        self.delete = addr.clone().recipient();
+        self
+    }
+
+    /// Makes every query wait for a place in `admission` first.
+    pub fn with_admission(mut self, admission: Admission) -> Self {
+        self.admission = admission;
+        self
+    }
+}
+
+/// Takes a place in the database queue, then sends `query` and waits for
+/// the worker's reply. The place is freed when the reply arrives.
+pub(super) async fn send_admitted<Q>(
+    admission: Admission,
+    recipient: Recipient<Query<Q>>,
+    query: Query<Q>,
+) -> Result<Q::Output, ActorError>
+where
+    Q: DbQuery,
+    Query<Q>: Message<Result = Result<Q::Output, ActorError>>,
+{
+    // A message that waited out a restart backoff may have expired.
+    if query.ctx.is_expired() {
+        return Err(ActorError::DeadlineExceeded);
+    }
+    let _ticket = admission.admit().await?;
+    ActorError::flatten("db_worker", recipient.send(query).await)
+}
