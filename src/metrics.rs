@@ -37,7 +37,7 @@ pub struct Metrics {
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
     unavailable: IntCounterVec,
-    /// Messages sent to the user store and not yet answered.
+    /// Messages sent to the user store and not yet replied to.
     pub store_in_flight: IntGauge,
     db_queue_depth: IntGauge,
     db_queue_capacity: IntGauge,
@@ -55,7 +55,7 @@ struct CopiedCounters {
     store_panics: IntCounter,
 }
 
-/// Where the scrape-time values come from.
+/// The live sources of the values read at scrape time.
 pub struct Sources {
     pub pool: DbPool,
     pub admission: Admission,
@@ -117,7 +117,7 @@ impl Metrics {
             unavailable,
             store_in_flight: gauge(
                 "user_store_in_flight",
-                "Messages sent to the user store and not yet answered.",
+                "Messages sent to the user store and not yet replied to.",
             )?,
             db_queue_depth: gauge(
                 "db_queue_depth",

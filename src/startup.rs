@@ -127,7 +127,7 @@ pub struct Application {
     store_arbiter: Arbiter,
     pub worker_stats: Arc<WorkerStats>,
     pub store_stats: Arc<StoreStats>,
-    /// Set once shutdown starts; `/readyz` then answers 503.
+    /// Set once shutdown starts, so that `/readyz` returns 503.
     shutting_down: Arc<AtomicBool>,
     signals: ShutdownSignals,
     /// Triggered when the user store restarts too often.

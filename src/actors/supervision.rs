@@ -27,7 +27,7 @@ impl Default for RestartPolicy {
 }
 
 impl RestartPolicy {
-    /// The pause before the `recent`-th restart within the window: the base
+    /// Returns the pause before the `recent`-th restart within the window: the base
     /// backoff, doubled for each earlier restart, at most `max_backoff`.
     pub fn backoff(&self, recent: usize) -> Duration {
         let doublings = u32::try_from(recent.saturating_sub(1))
@@ -39,7 +39,7 @@ impl RestartPolicy {
     }
 }
 
-/// What a supervisor does about one more failure.
+/// The action a supervisor takes on one more failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestartDecision {
     Restart { backoff: Duration },

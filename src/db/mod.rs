@@ -164,9 +164,9 @@ struct JournalMode {
 
 /// Switches the database file to WAL unless it already is. The mode is
 /// stored in the file, so usually only the first connection ever switches
-/// it. SQLite answers a switch that races another process's with "database
-/// is locked" at once, without its busy handler, so the switch is retried
-/// for up to `wait`.
+/// it. When another process switches at the same moment, SQLite fails the
+/// switch with "database is locked" at once, without its busy handler, so
+/// the switch is retried for up to `wait`.
 pub(crate) fn use_wal(conn: &mut SqliteConnection, wait: Duration) -> diesel::QueryResult<()> {
     use diesel::RunQueryDsl;
 

@@ -86,7 +86,7 @@ impl DatabaseUrl {
         }
     }
 
-    /// The password in `scheme://user:password@host` or `?password=`.
+    /// Returns the password in `scheme://user:password@host` or `?password=`.
     fn password(&self) -> Option<String> {
         let Self::Postgres(url) = self else {
             return None;
