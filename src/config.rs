@@ -16,7 +16,7 @@
 //! | `TROUPE_SHUTDOWN_TIMEOUT_SECS` | 30 | time in-flight requests get at shutdown |
 //! | `TROUPE_BODY_LIMIT_BYTES` | 65536 | largest accepted request body |
 //! | `TROUPE_CLIENT_TIMEOUT_MS` | 5000 | time to send the headers, then the body |
-//! | `TROUPE_CACHE_CAPACITY` | 10000 | users kept in the user-store cache |
+//! | `TROUPE_CACHE_CAPACITY` | 10000 | users kept in the user-store cache; 0 turns it off |
 //! | `TROUPE_HTTP_WORKERS` | cores | HTTP worker threads |
 //! | `TROUPE_LOG_FORMAT` | `pretty` | `pretty` or `json` |
 //! | `TROUPE_LOG` | `info` | level or `tracing` filter directives |
