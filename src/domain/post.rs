@@ -92,12 +92,6 @@ pub struct PostPatch {
     pub content: Option<PostContent>,
 }
 
-impl PostPatch {
-    pub fn is_empty(&self) -> bool {
-        self.title.is_none() && self.content.is_none()
-    }
-}
-
 /// A stored post that is not deleted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Post {

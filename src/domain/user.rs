@@ -140,12 +140,6 @@ pub struct UserPatch {
     pub age: Option<Option<Age>>,
 }
 
-impl UserPatch {
-    pub fn is_empty(&self) -> bool {
-        self.name.is_none() && self.email.is_none() && self.age.is_none()
-    }
-}
-
 /// A stored user that is not deleted. `version` grows by one on every change
 /// and is the user's entity tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
