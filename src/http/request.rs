@@ -45,9 +45,8 @@ pub async fn request_context(
 
     request.extensions_mut().insert(request_id.clone());
     request.extensions_mut().insert(RequestSpan(span.clone()));
-    let mut cut_off = request
-        .app_data::<web::Data<AppState>>()
-        .map(|state| state.cut_off.clone());
+    let state = request.app_data::<web::Data<AppState>>().cloned();
+    let mut cut_off = state.as_ref().map(|state| state.cut_off.clone());
     let mut call = std::pin::pin!(next.call(request).instrument(span.clone()));
     let outcome = match cut_off.as_mut() {
         None => call.await,
@@ -80,7 +79,7 @@ pub async fn request_context(
 
     let status = response.status().as_u16();
     let elapsed = started.elapsed().as_secs_f64();
-    if let Some(state) = response.request().app_data::<web::Data<AppState>>() {
+    if let Some(state) = &state {
         let metrics = &state.metrics;
         metrics.observe_request(metric_method(&method), &route, status, elapsed);
         if let Some(reason) = unavailable {
