@@ -1,35 +1,19 @@
 //! The real `troupe` binary: its migrate commands, how it rejects invalid
 //! settings, its help text and what it logs at start.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use troupe::db::migrations;
 
-use crate::helpers::{Backend, TestDb};
+use crate::helpers::{stderr_lines, troupe_command as troupe, Backend, TestDb};
 
 crate::on_both_backends!(migrate_commands_report_status);
 
-const BIN: &str = env!("CARGO_BIN_EXE_troupe");
-
 /// How long one run of the binary may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(60);
-
-/// Builds a command for the binary that inherits none of troupe's settings
-/// from the test's environment.
-fn troupe() -> Command {
-    let mut command = Command::new(BIN);
-    for (key, _) in std::env::vars_os() {
-        let key_text = key.to_string_lossy();
-        if key_text == "DATABASE_URL" || key_text.starts_with("TROUPE_") {
-            command.env_remove(&key);
-        }
-    }
-    command.stdin(Stdio::null());
-    command
-}
 
 /// A child process that is killed and reaped when the test lets go of it.
 struct Running(Child);
@@ -101,16 +85,7 @@ fn log_until_listening(command: &mut Command) -> String {
             .spawn()
             .unwrap(),
     );
-    let stderr = child.0.stderr.take().unwrap();
-    let (line_tx, line_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if line_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let line_rx = stderr_lines(&mut child.0);
 
     let deadline = Instant::now() + DEADLINE;
     let mut log = String::new();

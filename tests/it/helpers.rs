@@ -103,8 +103,8 @@ impl Drop for TestDb {
     }
 }
 
-/// The PostgreSQL admin URL for tests, or `None` when PostgreSQL tests are
-/// skipped. Panics when they are required but not configured.
+/// Returns the PostgreSQL admin URL for tests, or `None` when PostgreSQL
+/// tests are skipped. Panics when they are required but not configured.
 pub fn postgres_admin_url() -> Option<String> {
     match std::env::var(POSTGRES_URL_VAR) {
         Ok(url) if !url.is_empty() => Some(url),
@@ -304,4 +304,36 @@ pub async fn problem(response: reqwest::Response, status: u16) -> Value {
         "problem request_id matches X-Request-Id"
     );
     body
+}
+
+/// Builds a command for the `troupe` binary that inherits none of troupe's
+/// settings from the test's environment.
+pub fn troupe_command() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_troupe"));
+    for (key, _) in std::env::vars_os() {
+        let name = key.to_string_lossy();
+        if name == "DATABASE_URL" || name.starts_with("TROUPE_") {
+            command.env_remove(&key);
+        }
+    }
+    command.stdin(std::process::Stdio::null());
+    command
+}
+
+/// Reads the child's stderr line by line on a thread of its own. The
+/// receiver disconnects when the pipe closes, that is when the child exits.
+pub fn stderr_lines(child: &mut std::process::Child) -> mpsc::Receiver<String> {
+    use std::io::BufRead;
+
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (line_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
 }

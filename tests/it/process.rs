@@ -1,7 +1,6 @@
 //! The real binary serving HTTP: what it logs for failed requests, and how
 //! it shuts down on SIGTERM and recovers after SIGKILL.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -13,14 +12,12 @@ use serde_json::{json, Value};
 use tokio::task::JoinSet;
 use troupe::db::DatabaseUrl;
 
-use crate::helpers::{Backend, TestDb};
+use crate::helpers::{stderr_lines, troupe_command, Backend, TestDb};
 
 crate::on_both_backends!(
     sigterm_keeps_acknowledged_writes,
     sigkill_keeps_acknowledged_writes
 );
-
-const BIN: &str = env!("CARGO_BIN_EXE_troupe");
 
 /// How long the server may take to start or to exit before the test fails.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -41,13 +38,7 @@ struct Server {
 
 impl Server {
     fn start(url: &DatabaseUrl, extra: &[&str]) -> Self {
-        let mut command = Command::new(BIN);
-        for (key, _) in std::env::vars_os() {
-            let name = key.to_string_lossy();
-            if name == "DATABASE_URL" || name.starts_with("TROUPE_") {
-                command.env_remove(&key);
-            }
-        }
+        let mut command = troupe_command();
         command
             .env("DATABASE_URL", url.connection_string())
             .args(["--log-format", "json", "serve", "--bind", "127.0.0.1:0"])
@@ -60,21 +51,11 @@ impl Server {
                 "1",
             ])
             .args(extra)
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = command.spawn().unwrap();
 
-        let stderr = child.stderr.take().unwrap();
-        let (line_tx, log) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if line_tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let log = stderr_lines(&mut child);
 
         let deadline = Instant::now() + DEADLINE;
         let mut start_log = Vec::new();
@@ -146,7 +127,7 @@ impl Drop for Server {
     }
 }
 
-/// The events that belong to one request id.
+/// Returns the events that belong to one request id.
 fn events_of<'a>(events: &'a [Value], request_id: &str) -> Vec<&'a Value> {
     events
         .iter()
