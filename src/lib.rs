@@ -8,7 +8,7 @@
 //! 2. The handler sends one message carrying a `RequestCtx` (request id,
 //!    span, deadline): user operations to the `UserStore` actor, post
 //!    operations straight to the `DbWorker` pool.
-//! 3. The `UserStore` answers reads from its cache or sends a query message
+//! 3. The `UserStore` serves reads from its cache or sends a query message
 //!    (`actors::queries`) to the pool; a `DbWorker` runs the matching plain
 //!    function from `db` on its own connection, in a transaction where it
 //!    writes.

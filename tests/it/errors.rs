@@ -631,7 +631,7 @@ async fn wrong_method_405_allow(backend: Backend) {
     app.stop().await;
 }
 
-/// HEAD answers like GET, with the same status and headers and no body.
+/// HEAD responds like GET, with the same status and headers and no body.
 async fn head_matches_get(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else {
         return;

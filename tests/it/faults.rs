@@ -70,7 +70,7 @@ async fn burst_creates_match_rows(backend: Backend) {
 }
 
 /// A write blocked behind another process's SQLite lock occupies a database
-/// worker, not the HTTP thread: `/healthz` still answers.
+/// worker, not the HTTP thread: `/healthz` still responds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_answers_while_sqlite_locked() {
     let Some(app) = TestApp::spawn(Backend::Sqlite).await else {

@@ -91,7 +91,7 @@ fn through(url: &str, addr: SocketAddr) -> String {
     format!("{scheme}://{userinfo}{addr}/{path}")
 }
 
-/// The host and port of a PostgreSQL URL.
+/// Returns the host and port of a PostgreSQL URL.
 fn server_addr(url: &str) -> SocketAddr {
     let rest = url.split_once("://").unwrap().1;
     let authority = rest.split('/').next().unwrap();
