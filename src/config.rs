@@ -47,7 +47,9 @@ pub const DEFAULT_CACHE_CAPACITY: usize = 10_000;
 
 /// troupe: an actor-based users-and-posts REST service.
 #[derive(Debug, Parser)]
-#[command(name = "troupe", version, about)]
+// Negative numbers reach the value parsers, so `-1` is reported as an
+// invalid value of its setting instead of as an unknown flag.
+#[command(name = "troupe", version, about, allow_negative_numbers = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -66,6 +68,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Apply pending migrations and serve HTTP (the default).
+    #[command(allow_negative_numbers = true)]
     Serve(ServeArgs),
     /// Manage the database schema.
     Migrate {
@@ -356,6 +359,11 @@ mod tests {
                 "--request-timeout-ms",
             ),
             (vec!["--log-format", "xml"], "--log-format"),
+            (
+                vec!["serve", "--db-queue-wait-ms", "-1"],
+                "--db-queue-wait-ms",
+            ),
+            (vec!["--cache-capacity", "-5"], "--cache-capacity"),
         ];
         for (args, setting) in cases {
             let error = parse(&args)

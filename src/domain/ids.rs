@@ -6,10 +6,12 @@ use std::fmt;
 pub struct InvalidId(pub String);
 
 fn parse_id(text: &str) -> Result<i64, InvalidId> {
-    // `i64::from_str` accepts a leading `+`, which is not a canonical id.
+    // `i64::from_str` accepts a leading `+` and leading zeros, which would
+    // give one resource several paths.
     let digits_only = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    let canonical = digits_only && !text.starts_with('0');
     match text.parse::<i64>() {
-        Ok(id) if digits_only && id >= 1 => Ok(id),
+        Ok(id) if canonical && id >= 1 => Ok(id),
         _ => Err(InvalidId(text.chars().take(40).collect())),
     }
 }
@@ -73,6 +75,8 @@ mod tests {
             "0",
             "-1",
             "+5",
+            "01",
+            "007",
             " 5",
             "5 ",
             "abc",

@@ -153,7 +153,10 @@ impl<'de, T: DeserializeOwned> Deserialize<'de> for JsonObject<T> {
 }
 
 fn shape_error(path: String, error: serde_json::Error) -> ApiError {
-    if !matches!(error.classify(), Category::Data) {
+    // serde_json reports a number too large for any Rust type as a syntax
+    // error, but the JSON is well formed: the value is of the wrong type.
+    let out_of_range = error.to_string().starts_with("number out of range");
+    if !matches!(error.classify(), Category::Data) && !out_of_range {
         return ApiError::MalformedJson(error.to_string());
     }
 

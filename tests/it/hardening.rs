@@ -20,6 +20,8 @@ crate::on_both_backends!(
     empty_if_match_matches_nothing,
     unchanged_patch_keeps_version,
     type_errors_use_json_names,
+    leading_zero_ids_are_400,
+    huge_number_is_422,
 );
 
 /// A client that sends part of its body and stops gets 408 within the
@@ -299,5 +301,44 @@ async fn type_errors_use_json_names(backend: Backend) {
             "{body}: {message}"
         );
     }
+    app.stop().await;
+}
+
+/// `/users/01` served user 1, giving one resource several paths.
+async fn leading_zero_ids_are_400(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let user = app.create_user("Zero Check", "zero@example.com").await;
+    let id = user["id"].as_i64().unwrap();
+
+    for path in [
+        format!("/api/v1/users/0{id}"),
+        format!("/api/v1/users/00{id}/posts"),
+    ] {
+        let body = problem(app.get(&path).send().await.unwrap(), 400).await;
+        assert_eq!(body["code"], "invalid_id", "{path}");
+    }
+    app.stop().await;
+}
+
+/// A number too large for any integer is well-formed JSON of the wrong
+/// type, but it was reported as malformed JSON.
+async fn huge_number_is_422(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let response = app
+        .client
+        .post(app.url("/api/v1/users"))
+        .header("content-type", "application/json")
+        .body(r#"{"name":"Hu Ge","email":"huge@example.com","age":1e400}"#)
+        .send()
+        .await
+        .unwrap();
+
+    let body = problem(response, 422).await;
+    assert_eq!(body["errors"][0]["field"], "age");
+    assert_eq!(body["errors"][0]["code"], "invalid_type");
     app.stop().await;
 }
