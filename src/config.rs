@@ -17,6 +17,7 @@
 //! | `TROUPE_BODY_LIMIT_BYTES` | 65536 | largest accepted request body |
 //! | `TROUPE_CLIENT_TIMEOUT_MS` | 5000 | time to send the headers, then the body |
 //! | `TROUPE_CACHE_CAPACITY` | 10000 | users kept in the user-store cache; 0 turns it off |
+//! | `TROUPE_WRITE_BATCH_MAX` | 64 | user writes committed in one transaction; 1 turns batching off |
 //! | `TROUPE_HTTP_WORKERS` | cores | HTTP worker threads |
 //! | `TROUPE_LOG_FORMAT` | `pretty` | `pretty` or `json` |
 //! | `TROUPE_LOG` | `info` | level or `tracing` filter directives |
@@ -44,6 +45,7 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_BODY_LIMIT_BYTES: u64 = 64 * 1024;
 pub const DEFAULT_CLIENT_TIMEOUT_MS: u64 = 5000;
 pub const DEFAULT_CACHE_CAPACITY: usize = 10_000;
+pub const DEFAULT_WRITE_BATCH_MAX: u32 = 64;
 
 /// troupe: an actor-based users-and-posts REST service.
 #[derive(Debug, Parser)]
@@ -194,6 +196,12 @@ pub struct ServeArgs {
     #[arg(long, env = "TROUPE_CACHE_CAPACITY", default_value_t = DEFAULT_CACHE_CAPACITY)]
     pub cache_capacity: usize,
 
+    /// User writes committed together in one transaction, each in its own
+    /// savepoint; 1 commits every write on its own.
+    #[arg(long, env = "TROUPE_WRITE_BATCH_MAX", default_value_t = DEFAULT_WRITE_BATCH_MAX,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub write_batch_max: u32,
+
     /// HTTP worker threads (default: one per CPU core).
     #[arg(long, env = "TROUPE_HTTP_WORKERS",
           value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -217,6 +225,7 @@ impl Default for ServeArgs {
             body_limit_bytes: DEFAULT_BODY_LIMIT_BYTES,
             client_timeout_ms: DEFAULT_CLIENT_TIMEOUT_MS,
             cache_capacity: DEFAULT_CACHE_CAPACITY,
+            write_batch_max: DEFAULT_WRITE_BATCH_MAX,
             http_workers: None,
         }
     }
@@ -236,6 +245,7 @@ pub struct Settings {
     pub client_timeout: Duration,
     /// `None` turns the user-store cache off.
     pub cache_capacity: Option<NonZeroUsize>,
+    pub write_batch_max: usize,
     pub http_workers: Option<usize>,
 }
 
@@ -314,6 +324,7 @@ impl Settings {
             body_limit: serve.body_limit_bytes as usize,
             client_timeout: Duration::from_millis(serve.client_timeout_ms),
             cache_capacity: NonZeroUsize::new(serve.cache_capacity),
+            write_batch_max: serve.write_batch_max as usize,
             http_workers: serve.http_workers.map(|n| n as usize),
         })
     }

@@ -9,9 +9,10 @@
 //!    span, deadline): user operations to the `UserStore` actor, post
 //!    operations straight to the `DbWorker` pool.
 //! 3. The `UserStore` serves reads from its cache or sends a query message
-//!    (`actors::queries`) to the pool; a `DbWorker` runs the matching plain
-//!    function from `db` on its own connection, in a transaction where it
-//!    writes.
+//!    (`actors::queries`) to the pool, and queues writes into batches that
+//!    one worker commits in one transaction (`actors::batch`). A `DbWorker`
+//!    runs the matching plain function from `db` on its own connection, in
+//!    a transaction, or a savepoint of its batch, where it writes.
 //! 4. The reply travels back; `http::problem` maps any error to a status in
 //!    one place, and the middleware logs one line for the request.
 //!

@@ -53,6 +53,8 @@ struct CopiedCounters {
     deadline_skips: IntCounter,
     store_restarts: IntCounter,
     store_panics: IntCounter,
+    write_batches: IntCounter,
+    batched_writes: IntCounter,
 }
 
 /// The live sources of the values read at scrape time.
@@ -146,6 +148,14 @@ impl Metrics {
                     "user_store_panics_total",
                     "Panics caught in user store handlers.",
                 )?,
+                write_batches: counter(
+                    "user_store_write_batches_total",
+                    "Batches of user writes sent to the database, each one transaction.",
+                )?,
+                batched_writes: counter(
+                    "user_store_batched_writes_total",
+                    "User writes sent to the database in batches.",
+                )?,
             },
             sources,
             registry,
@@ -204,6 +214,11 @@ impl Metrics {
             ),
             (&self.copied.store_restarts, load(&store_stats.restarts)),
             (&self.copied.store_panics, load(&store_stats.panics)),
+            (&self.copied.write_batches, load(&store_stats.write_batches)),
+            (
+                &self.copied.batched_writes,
+                load(&store_stats.batched_writes),
+            ),
         ];
         for (counter, total) in copies {
             counter.inc_by(total.saturating_sub(counter.get()));

@@ -169,7 +169,8 @@ impl Application {
             settings.cache_capacity.unwrap_or(NonZeroUsize::MIN),
             Arc::clone(&store_stats),
         )
-        .with_supervision(RestartPolicy::default(), Arc::clone(&escalation));
+        .with_supervision(RestartPolicy::default(), Arc::clone(&escalation))
+        .with_max_batch(settings.write_batch_max);
         if settings.cache_capacity.is_none() {
             store = store.without_cache();
         }

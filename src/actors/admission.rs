@@ -62,6 +62,15 @@ impl Admission {
         }
     }
 
+    /// Takes a place at once if one is free, without waiting.
+    pub fn try_admit(&self) -> Option<Ticket> {
+        let permit = Arc::clone(&self.permits).try_acquire_owned().ok()?;
+        if let Some(waited) = &self.waited {
+            waited.observe(0.0);
+        }
+        Some(Ticket { _permit: permit })
+    }
+
     /// Requests admitted and not yet finished.
     pub fn in_use(&self) -> usize {
         self.capacity - self.permits.available_permits()

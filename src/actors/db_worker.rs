@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use actix::{Actor, Addr, Handler, Message, SyncArbiter, SyncContext};
 
-use super::{panic_message, ActorError, RequestCtx};
+use super::{panic_message, ActorError, Batch, RequestCtx};
 use crate::db::{DbConn, DbError, DbPool};
 
 /// One unit of database work: a plain function of a connection. Each query
@@ -14,6 +14,11 @@ pub trait DbQuery: Send + 'static {
     type Output: Send + 'static;
     /// Dotted name for logs, such as `users.insert`.
     const NAME: &'static str;
+
+    /// The name of this value for logs, when it depends on the value.
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
 
     fn run(self, conn: &mut DbConn) -> Result<Self::Output, DbError>;
 }
@@ -74,6 +79,29 @@ impl Actor for DbWorker {
     type Context = SyncContext<Self>;
 }
 
+impl DbWorker {
+    fn skip_expired(&self, name: &'static str) -> ActorError {
+        self.stats.deadline_skips.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            db.op = name,
+            "request deadline passed before the query started, skipped"
+        );
+        ActorError::DeadlineExceeded
+    }
+
+    fn caught_panic(&mut self, name: &'static str, payload: &(dyn std::any::Any + Send)) {
+        // A connection left inside a transaction is discarded by the pool on
+        // return, which rolls the transaction back.
+        self.conn = None;
+        self.stats.panics.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            db.op = name,
+            panic = panic_message(payload),
+            "database worker caught a panic and took a fresh connection"
+        );
+    }
+}
+
 impl<Q: DbQuery> Handler<Query<Q>> for DbWorker {
     type Result = Result<Q::Output, ActorError>;
 
@@ -82,12 +110,7 @@ impl<Q: DbQuery> Handler<Query<Q>> for DbWorker {
         let _entered = ctx.span.enter();
 
         if ctx.is_expired() {
-            self.stats.deadline_skips.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                db.op = Q::NAME,
-                "request deadline passed before the query started, skipped"
-            );
-            return Err(ActorError::DeadlineExceeded);
+            return Err(self.skip_expired(Q::NAME));
         }
 
         let started = Instant::now();
@@ -107,15 +130,84 @@ impl<Q: DbQuery> Handler<Query<Q>> for DbWorker {
                 Err(ActorError::Db(error))
             }
             Err(payload) => {
-                // A connection left inside a transaction is discarded by the
-                // pool on return, which rolls the transaction back.
-                self.conn = None;
-                self.stats.panics.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    db.op = Q::NAME,
-                    panic = panic_message(payload.as_ref()),
-                    "database worker caught a panic and took a fresh connection"
-                );
+                self.caught_panic(Q::NAME, payload.as_ref());
+                Err(ActorError::Panicked { actor: "db_worker" })
+            }
+        }
+    }
+}
+
+impl<Q: DbQuery> Handler<Batch<Q>> for DbWorker {
+    type Result = Result<Vec<Result<Q::Output, ActorError>>, ActorError>;
+
+    /// Runs the items in one write transaction. An item that fails with an
+    /// error of its own (a conflict, a failed precondition, a missing user)
+    /// has its savepoint rolled back and the others go on. An error that
+    /// breaks the connection, or a panic, fails the whole batch and rolls
+    /// everything back.
+    fn handle(&mut self, batch: Batch<Q>, _: &mut SyncContext<Self>) -> Self::Result {
+        let mut results: Vec<Option<Result<Q::Output, ActorError>>> =
+            Vec::with_capacity(batch.items.len());
+        let mut live = Vec::with_capacity(batch.items.len());
+        for (index, Query { ctx, query }) in batch.items.into_iter().enumerate() {
+            if ctx.is_expired() {
+                let _entered = ctx.span.enter();
+                results.push(Some(Err(self.skip_expired(query.name()))));
+            } else {
+                results.push(None);
+                live.push((index, ctx, query));
+            }
+        }
+        if live.is_empty() {
+            return Ok(results.into_iter().flatten().collect());
+        }
+
+        let size = live.len();
+        let started = Instant::now();
+        let conn = self.connection()?;
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+            conn.write_transaction(|conn| {
+                let mut outputs = Vec::with_capacity(size);
+                for (index, ctx, query) in live {
+                    let _entered = ctx.span.enter();
+                    let name = query.name();
+                    let started = Instant::now();
+                    let result = query.run(conn);
+                    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+                    tracing::debug!(
+                        db.op = name,
+                        duration_ms,
+                        batch.size = size,
+                        "write ran in a batch"
+                    );
+                    match result {
+                        Ok(output) => outputs.push((index, Ok(output))),
+                        Err(error) if error.breaks_connection() => return Err(error),
+                        Err(error) => outputs.push((index, Err(ActorError::Db(error)))),
+                    }
+                }
+                Ok(outputs)
+            })
+        }));
+        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+
+        match outcome {
+            Ok(Ok(outputs)) => {
+                tracing::debug!(db.op = Q::NAME, size, duration_ms, "batch committed");
+                for (index, output) in outputs {
+                    results[index] = Some(output);
+                }
+                Ok(results.into_iter().flatten().collect())
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(db.op = Q::NAME, size, error = %error, "batch rolled back");
+                if error.breaks_connection() {
+                    self.conn = None;
+                }
+                Err(ActorError::Db(error))
+            }
+            Err(payload) => {
+                self.caught_panic(Q::NAME, payload.as_ref());
                 Err(ActorError::Panicked { actor: "db_worker" })
             }
         }

@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use actix::MailboxError;
 
 use crate::db::DbError;
@@ -26,6 +28,14 @@ pub enum ActorError {
         #[source]
         source: MailboxError,
     },
+    /// The transaction of the batch this write belonged to failed as a
+    /// whole, so nothing of the batch was applied. Every write of the batch
+    /// gets the same cause.
+    #[error("the write's batch failed")]
+    Batch(#[source] Arc<ActorError>),
+    /// A state the code rules out was reached.
+    #[error("internal error: {0}")]
+    Bug(&'static str),
 }
 
 impl ActorError {

@@ -4,9 +4,10 @@
 //! - `UserStore` (async, one arbiter, supervised) owns the user cache and
 //!   sends user queries on to the pool.
 //! - `DbWorker` (sync, one thread each in a `SyncArbiter`) owns a database
-//!   connection and runs one query per message.
+//!   connection and runs one query, or one batch of writes, per message.
 
 mod admission;
+mod batch;
 mod context;
 mod db_worker;
 mod error;
@@ -15,6 +16,7 @@ mod supervision;
 mod user_store;
 
 pub use admission::{Admission, Ticket};
+pub use batch::{Batch, PendingBatch, WriteQueue, WriteReply};
 pub use context::{RequestCtx, RequestId};
 pub use db_worker::{DbQuery, DbWorker, Query, WorkerStats};
 pub(crate) use error::panic_message;

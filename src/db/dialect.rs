@@ -1,7 +1,9 @@
 //! The few operations whose SQL differs between the backends.
 
+use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
+use diesel::result::Error;
 use diesel::sqlite::SqliteConnection;
 
 use super::models::{PostRow, UserRow};
@@ -9,14 +11,20 @@ use super::schema::{posts, users};
 
 /// Write transactions and row locks, as each backend does them.
 pub trait Dialect: Connection + Sized {
-    /// Runs `f` in a transaction that holds the write lock from its start.
-    /// SQLite needs `BEGIN IMMEDIATE` for that: a deferred transaction that
-    /// reads first fails with "database is locked" when it tries to write
-    /// while another connection writes, instead of waiting.
+    /// Opens a transaction that holds the write lock from its start, or a
+    /// savepoint when a transaction is open already. SQLite needs
+    /// `BEGIN IMMEDIATE` for that: a deferred transaction that reads first
+    /// fails with "database is locked" when it tries to write while another
+    /// connection writes, instead of waiting.
+    fn begin_write(&mut self) -> QueryResult<()>;
+
+    /// Runs `f` between `begin_write` and a commit, or a rollback when `f`
+    /// fails. Inside an open transaction, `f` runs in a savepoint, so its
+    /// failure undoes only its own changes.
     fn write_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut Self) -> Result<T, E>,
-        E: From<diesel::result::Error>;
+        E: From<Error>;
 
     /// Reads a user that is not deleted and locks it until the transaction
     /// ends, so concurrent writers of that user run one after another.
@@ -27,10 +35,14 @@ pub trait Dialect: Connection + Sized {
 }
 
 impl Dialect for PgConnection {
+    fn begin_write(&mut self) -> QueryResult<()> {
+        AnsiTransactionManager::begin_transaction(self)
+    }
+
     fn write_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut Self) -> Result<T, E>,
-        E: From<diesel::result::Error>,
+        E: From<Error>,
     {
         self.transaction(f)
     }
@@ -59,12 +71,29 @@ impl Dialect for PgConnection {
 /// In SQLite the immediate transaction already holds the database's single
 /// write lock, so plain reads are enough.
 impl Dialect for SqliteConnection {
+    fn begin_write(&mut self) -> QueryResult<()> {
+        match AnsiTransactionManager::begin_transaction_sql(self, "BEGIN IMMEDIATE") {
+            Err(Error::AlreadyInTransaction) => AnsiTransactionManager::begin_transaction(self),
+            other => other,
+        }
+    }
+
     fn write_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut Self) -> Result<T, E>,
-        E: From<diesel::result::Error>,
+        E: From<Error>,
     {
-        self.immediate_transaction(f)
+        self.begin_write()?;
+        match f(self) {
+            Ok(value) => {
+                AnsiTransactionManager::commit_transaction(self)?;
+                Ok(value)
+            }
+            Err(error) => match AnsiTransactionManager::rollback_transaction(self) {
+                Ok(()) | Err(Error::BrokenTransactionManager) => Err(error),
+                Err(rollback) => Err(rollback.into()),
+            },
+        }
     }
 
     fn lock_live_user(&mut self, id: i64) -> QueryResult<Option<UserRow>> {

@@ -47,6 +47,36 @@ pub enum DbConn {
     Sqlite(PooledConnection<ConnectionManager<SqliteConnection>>),
 }
 
+impl DbConn {
+    /// Runs `f` in one write transaction. The writes `f` makes through the
+    /// query functions of this module each run in their own savepoint, so
+    /// one that fails is undone alone and `f` can go on with the next. The
+    /// transaction is rolled back when `f` fails and committed otherwise.
+    pub fn write_transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut DbConn) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        use dialect::Dialect;
+        use diesel::connection::{AnsiTransactionManager, TransactionManager};
+
+        with_conn!(&mut *self, c => c.begin_write())?;
+        match f(self) {
+            Ok(value) => {
+                with_conn!(&mut *self, c => AnsiTransactionManager::commit_transaction(c))?;
+                Ok(value)
+            }
+            Err(error) => {
+                match with_conn!(&mut *self, c => AnsiTransactionManager::rollback_transaction(c)) {
+                    Ok(()) => Err(error),
+                    // The connection may still be inside the transaction;
+                    // the rollback's error tells the caller to drop it.
+                    Err(rollback) => Err(DbError::from(rollback)),
+                }
+            }
+        }
+    }
+}
+
 /// Connection pool settings, all validated by the configuration.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {

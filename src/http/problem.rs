@@ -330,9 +330,27 @@ impl From<ActorError> for ApiError {
                 reason: ActorUnavailable,
                 cause: Some(Box::new(error)),
             },
-            error @ ActorError::Panicked { .. } => Self::Internal {
+            error @ (ActorError::Panicked { .. } | ActorError::Bug(_)) => Self::Internal {
                 cause: Box::new(error),
             },
+            ActorError::Batch(shared) => {
+                let reason = match shared.as_ref() {
+                    ActorError::Db(DbError::Unavailable(_)) => Some(DatabaseUnavailable),
+                    ActorError::Db(DbError::Busy(_)) => Some(DatabaseBusy),
+                    ActorError::Unavailable { .. } => Some(ActorUnavailable),
+                    ActorError::DeadlineExceeded => Some(DeadlineExceeded),
+                    ActorError::Overloaded => Some(Overloaded),
+                    _ => None,
+                };
+                let cause = Box::new(ActorError::Batch(shared));
+                match reason {
+                    Some(reason) => Self::Unavailable {
+                        reason,
+                        cause: Some(cause),
+                    },
+                    None => Self::Internal { cause },
+                }
+            }
         }
     }
 }

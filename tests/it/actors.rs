@@ -12,13 +12,13 @@ use actix::prelude::*;
 use diesel::pg::PgConnection;
 use diesel::sqlite::SqliteConnection;
 use diesel::{Connection, QueryableByName, RunQueryDsl};
-use futures_util::future::join_all;
+use futures_util::future::{join_all, BoxFuture};
 use tokio::sync::oneshot;
 use troupe::actors::queries::users;
 use troupe::actors::{
-    ActorError, CreateUser, DbQuery, DbWorker, DeleteUser, Escalation, GetUser, GetUserWithPosts,
-    InjectPanic, PatchUser, Query, ReplaceUser, RequestCtx, RequestId, RestartPolicy, StoreStats,
-    UserDb, UserStore, WorkerStats,
+    ActorError, Batch, CreateUser, DbQuery, DbWorker, DeleteUser, Escalation, GetUser,
+    GetUserWithPosts, InjectPanic, PatchUser, Query, ReplaceUser, RequestCtx, RequestId,
+    RestartPolicy, StoreStats, UserDb, UserStore, WorkerStats,
 };
 use troupe::db::{DbConn, DbError, DbPool, PoolSettings};
 use troupe::domain::{
@@ -60,18 +60,26 @@ struct Replies {
     replace: VecDeque<Reply<User>>,
     update: VecDeque<Reply<User>>,
     delete: VecDeque<Reply<()>>,
+    /// Errors that fail the next batches as a whole, one per batch.
+    batch_failures: VecDeque<ActorError>,
 }
 
 /// What a test shares with its `RecordingDb`.
 #[derive(Default)]
 struct Script {
     sent: Mutex<Vec<Sent>>,
+    /// The size of every batch of writes received, in arrival order.
+    batches: Mutex<Vec<usize>>,
     replies: Mutex<Replies>,
 }
 
 impl Script {
     fn replies(&self) -> MutexGuard<'_, Replies> {
         self.replies.lock().unwrap()
+    }
+
+    fn batches(&self) -> Vec<usize> {
+        self.batches.lock().unwrap().clone()
     }
 
     /// Returns every query received so far, in arrival order.
@@ -151,10 +159,75 @@ macro_rules! records {
 records!(Find, Find, find);
 records!(FindWithPosts, FindWithPosts, find_with_posts);
 records!(List, List, list);
-records!(Insert, Insert, insert);
-records!(Replace, Replace, replace);
-records!(Update, Update, update);
-records!(Delete, Delete, delete);
+
+/// Returns the scripted answer to one write of a batch, as a `Written`.
+fn written<T: Send + 'static>(
+    reply: Option<Reply<T>>,
+    name: &'static str,
+    kind: fn(T) -> users::Written,
+) -> BoxFuture<'static, Result<users::Written, ActorError>> {
+    Box::pin(async move { answer(reply, name).await.map(kind) })
+}
+
+/// Records every write of a batch and its size, and answers each write
+/// from the queue of its kind, in order. A scripted batch failure answers
+/// the whole batch instead.
+impl Handler<Batch<users::Write>> for RecordingDb {
+    type Result = ResponseFuture<Result<Vec<Result<users::Written, ActorError>>, ActorError>>;
+
+    fn handle(&mut self, batch: Batch<users::Write>, _: &mut Context<Self>) -> Self::Result {
+        self.script.batches.lock().unwrap().push(batch.items.len());
+        let failure = self.script.replies().batch_failures.pop_front();
+        let mut answers = Vec::with_capacity(batch.items.len());
+        for item in batch.items {
+            let mut replies = self.script.replies();
+            let (sent, answer) = match item.query.clone() {
+                users::Write::Insert(insert) => (
+                    Sent::Insert(insert),
+                    written(
+                        replies.insert.pop_front(),
+                        "users.insert",
+                        users::Written::Inserted,
+                    ),
+                ),
+                users::Write::Replace(replace) => (
+                    Sent::Replace(replace),
+                    written(
+                        replies.replace.pop_front(),
+                        "users.replace",
+                        users::Written::Changed,
+                    ),
+                ),
+                users::Write::Update(update) => (
+                    Sent::Update(update),
+                    written(
+                        replies.update.pop_front(),
+                        "users.update",
+                        users::Written::Changed,
+                    ),
+                ),
+                users::Write::Delete(delete) => (
+                    Sent::Delete(delete),
+                    written(replies.delete.pop_front(), "users.delete", |()| {
+                        users::Written::Deleted
+                    }),
+                ),
+            };
+            self.script.sent.lock().unwrap().push(sent);
+            answers.push(answer);
+        }
+        Box::pin(async move {
+            let mut results = Vec::with_capacity(answers.len());
+            for answer in answers {
+                results.push(answer.await);
+            }
+            match failure {
+                Some(error) => Err(error),
+                None => Ok(results),
+            }
+        })
+    }
+}
 
 /// Stops the `RecordingDb`, which closes its mailbox.
 #[derive(Message)]
@@ -758,6 +831,9 @@ actix_on_both_backends!(
     worker_pool_survives_panics,
     worker_panic_rolls_back_write,
     worker_skips_expired_deadline,
+    worker_batch_conflict_fails_only_its_write,
+    worker_batch_skips_expired_writes,
+    worker_batch_panic_rolls_back_whole_batch,
 );
 
 /// A migrated database and a pool of `DbWorker`s on it.
@@ -1297,4 +1373,364 @@ async fn store_sends_writes_to_writer() {
         vec![Sent::Find(users::Find { id: id(1) })],
         "only the read goes to the readers"
     );
+}
+
+async fn send_batch<Q>(workers: &Addr<DbWorker>, items: Vec<Query<Q>>) -> BatchResult<Q>
+where
+    Q: DbQuery,
+{
+    ActorError::flatten("db_worker", workers.send(Batch { items }).await)
+}
+
+type BatchResult<Q> = Result<Vec<Result<<Q as DbQuery>::Output, ActorError>>, ActorError>;
+
+fn insert_write(name: &str, email: &str) -> Query<users::Write> {
+    Query::new(
+        ctx(),
+        users::Write::Insert(users::Insert {
+            user: new_user(name, email),
+        }),
+    )
+}
+
+async fn worker_batch_conflict_fails_only_its_write(backend: Backend) {
+    let Some(workers) = start_workers(backend, 1) else {
+        return;
+    };
+    let missing = Query::new(
+        ctx(),
+        users::Write::Update(users::Update {
+            id: id(999_999),
+            patch: rename("Nobody"),
+            if_match: None,
+        }),
+    );
+
+    let results = send_batch(
+        &workers.addr,
+        vec![
+            insert_write("First", "first@example.com"),
+            insert_write("Copy", "FIRST@example.com"),
+            missing,
+            insert_write("Second", "second@example.com"),
+        ],
+    )
+    .await
+    .unwrap();
+    let first = run(&workers.addr, CountEmail("first@example.com")).await;
+    let second = run(&workers.addr, CountEmail("second@example.com")).await;
+
+    assert_eq!(results.len(), 4, "one result per write: {results:?}");
+    assert!(
+        matches!(&results[0], Ok(users::Written::Inserted(u)) if u.user.name == "First"),
+        "the first insert is applied: {:?}",
+        results[0]
+    );
+    assert!(
+        matches!(results[1], Err(ActorError::Db(DbError::EmailTaken))),
+        "the duplicate email fails alone: {:?}",
+        results[1]
+    );
+    assert!(
+        matches!(results[2], Err(ActorError::Db(DbError::NotFound))),
+        "the update of a missing user fails alone: {:?}",
+        results[2]
+    );
+    assert!(
+        matches!(&results[3], Ok(users::Written::Inserted(u)) if u.user.name == "Second"),
+        "the write after the failures is applied: {:?}",
+        results[3]
+    );
+    assert_eq!(first.unwrap(), 1, "one row for the first email");
+    assert_eq!(second.unwrap(), 1, "one row for the second email");
+}
+
+async fn worker_batch_skips_expired_writes(backend: Backend) {
+    let Some(workers) = start_workers(backend, 1) else {
+        return;
+    };
+    let expired = Query::new(
+        RequestCtx::new(RequestId::generate(), tracing::Span::none(), Duration::ZERO),
+        users::Write::Insert(users::Insert {
+            user: new_user("Too Late", "late@example.com"),
+        }),
+    );
+
+    let results = send_batch(
+        &workers.addr,
+        vec![expired, insert_write("On Time", "on.time@example.com")],
+    )
+    .await
+    .unwrap();
+    let late = run(&workers.addr, CountEmail("late@example.com")).await;
+    let on_time = run(&workers.addr, CountEmail("on.time@example.com")).await;
+
+    assert!(
+        matches!(results[0], Err(ActorError::DeadlineExceeded)),
+        "the expired write is skipped: {:?}",
+        results[0]
+    );
+    assert!(
+        results[1].is_ok(),
+        "the write with time left is applied: {:?}",
+        results[1]
+    );
+    assert_eq!(late.unwrap(), 0, "the skipped write left no row");
+    assert_eq!(on_time.unwrap(), 1, "the applied write left its row");
+    assert_eq!(
+        workers.stats.deadline_skips.load(Ordering::Relaxed),
+        1,
+        "the skip is counted"
+    );
+}
+
+/// A write for a batch that inserts a user or panics.
+enum InsertOrPanic {
+    Insert(users::Insert),
+    Panic,
+}
+
+impl DbQuery for InsertOrPanic {
+    type Output = ();
+    const NAME: &'static str = "test.insert_or_panic";
+
+    fn run(self, conn: &mut DbConn) -> Result<(), DbError> {
+        match self {
+            Self::Insert(insert) => insert.run(conn).map(drop),
+            Self::Panic => panic!("test write panics inside a batch"),
+        }
+    }
+}
+
+async fn worker_batch_panic_rolls_back_whole_batch(backend: Backend) {
+    let Some(workers) = start_workers(backend, 1) else {
+        return;
+    };
+    let insert = |email: &str| {
+        Query::new(
+            ctx(),
+            InsertOrPanic::Insert(users::Insert {
+                user: new_user("Batch Member", email),
+            }),
+        )
+    };
+
+    let panicked = send_batch(
+        &workers.addr,
+        vec![
+            insert("before.panic@example.com"),
+            Query::new(ctx(), InsertOrPanic::Panic),
+        ],
+    )
+    .await;
+    let before = run(&workers.addr, CountEmail("before.panic@example.com")).await;
+    let next = send_batch(&workers.addr, vec![insert("after.panic@example.com")]).await;
+    let after = run(&workers.addr, CountEmail("after.panic@example.com")).await;
+
+    assert!(
+        matches!(panicked, Err(ActorError::Panicked { .. })),
+        "a panic fails the batch as a whole: {panicked:?}"
+    );
+    assert_eq!(
+        before.unwrap(),
+        0,
+        "the write before the panic was rolled back"
+    );
+    assert!(
+        matches!(next.as_deref(), Ok([Ok(())])),
+        "the next batch works: {next:?}"
+    );
+    assert_eq!(after.unwrap(), 1, "the next batch committed");
+    assert_eq!(
+        workers.stats.panics.load(Ordering::Relaxed),
+        1,
+        "the panic is counted"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Write batching in the UserStore
+// ---------------------------------------------------------------------------
+
+/// Yields until the recorder has received `count` batches; panics if it
+/// never does.
+async fn until_batches(script: &Script, count: usize) {
+    for _ in 0..100_000 {
+        if script.batches().len() >= count {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!(
+        "the store sent {:?} batches, expected {count}",
+        script.batches()
+    );
+}
+
+fn stored(raw_id: i64, email: &str) -> UserWithPosts {
+    UserWithPosts {
+        user: user(raw_id, "Ada", email),
+        posts: Vec::new(),
+    }
+}
+
+/// Creates `user{n}@example.com` from a task of its own.
+fn spawn_create(store: &Addr<UserStore>, n: i64) -> CreateTask {
+    let store = store.clone();
+    let email = format!("user{n}@example.com");
+    actix::spawn(async move { create(&store, new_user("Ada", &email)).await })
+}
+
+/// Scripts the replies to creates 1 to `last`: the first is held until the
+/// returned sender releases it, the others succeed at once.
+fn script_creates(
+    script: &Script,
+    last: i64,
+) -> oneshot::Sender<Result<UserWithPosts, ActorError>> {
+    let (release, first_reply) = oneshot::channel();
+    let mut replies = script.replies();
+    replies.insert.push_back(Reply::Held(first_reply));
+    for n in 2..=last {
+        let email = format!("user{n}@example.com");
+        replies
+            .insert
+            .push_back(Reply::Ready(Ok(stored(n, &email))));
+    }
+    release
+}
+
+type CreateTask = tokio::task::JoinHandle<Result<UserWithPosts, ActorError>>;
+
+/// Sends create 1, waits until its batch is in the database, then sends
+/// creates 2 to `last` and lets them reach the store's queue.
+async fn create_behind_first_batch(
+    store: &Addr<UserStore>,
+    script: &Script,
+    last: i64,
+) -> (CreateTask, Vec<CreateTask>) {
+    let first = spawn_create(store, 1);
+    until_batches(script, 1).await;
+    let rest = (2..=last).map(|n| spawn_create(store, n)).collect();
+    for _ in 0..1000 {
+        tokio::task::yield_now().await;
+    }
+    (first, rest)
+}
+
+/// Starts a `UserStore` with `max_batch` wired to a fresh `RecordingDb`.
+fn batching_store(max_batch: usize) -> (Addr<UserStore>, Arc<Script>) {
+    let script = Arc::new(Script::default());
+    let recorder = RecordingDb {
+        script: Arc::clone(&script),
+    }
+    .start();
+    let store = UserStore::new(
+        UserDb::new(&recorder),
+        NonZeroUsize::new(8).unwrap(),
+        Arc::new(StoreStats::default()),
+    )
+    .with_max_batch(max_batch)
+    .start();
+    (store, script)
+}
+
+#[actix::test]
+async fn store_batches_writes_that_arrive_during_a_batch() {
+    let (store, script) = batching_store(64);
+    let release_first = script_creates(&script, 4);
+    let (release_last, last_reply) = oneshot::channel();
+    script.replies().insert.push_back(Reply::Held(last_reply));
+
+    let (first, rest) = create_behind_first_batch(&store, &script, 5).await;
+    let batches_while_first_held = script.batches();
+    release_first
+        .send(Ok(stored(1, "user1@example.com")))
+        .unwrap();
+    let first = first.await.unwrap();
+    until_batches(&script, 2).await;
+    for _ in 0..1000 {
+        tokio::task::yield_now().await;
+    }
+    let answered_before_batch = rest.iter().filter(|task| task.is_finished()).count();
+    release_last
+        .send(Ok(stored(5, "user5@example.com")))
+        .unwrap();
+    let rest = join_all(rest).await;
+
+    assert_eq!(
+        batches_while_first_held,
+        vec![1],
+        "nothing else is sent while a batch is in the database"
+    );
+    assert!(first.is_ok(), "the first write succeeds: {first:?}");
+    assert_eq!(
+        script.batches(),
+        vec![1, 4],
+        "the four writes that arrived meanwhile go in one batch"
+    );
+    assert_eq!(
+        answered_before_batch, 0,
+        "no write of a batch is answered before the whole batch is"
+    );
+    for (n, reply) in (2..).zip(rest) {
+        let reply = reply.unwrap().unwrap();
+        assert_eq!(
+            reply.user.email,
+            format!("user{n}@example.com"),
+            "write {n} gets its own result"
+        );
+    }
+}
+
+#[actix::test]
+async fn store_batch_size_is_bounded() {
+    let (store, script) = batching_store(2);
+    let release = script_creates(&script, 6);
+
+    let (first, rest) = create_behind_first_batch(&store, &script, 6).await;
+    release.send(Ok(stored(1, "user1@example.com"))).unwrap();
+    let first = first.await.unwrap();
+    let rest = join_all(rest).await;
+
+    assert!(first.is_ok(), "the first write succeeds: {first:?}");
+    assert!(
+        rest.iter().all(|reply| matches!(reply, Ok(Ok(_)))),
+        "every later write succeeds: {rest:?}"
+    );
+    assert_eq!(
+        script.batches(),
+        vec![1, 2, 2, 1],
+        "no batch is larger than the maximum"
+    );
+}
+
+#[actix::test]
+async fn store_batch_failure_reaches_every_write() {
+    let (store, script) = batching_store(64);
+    let release = script_creates(&script, 4);
+    script
+        .replies()
+        .batch_failures
+        .push_back(ActorError::Db(DbError::Unavailable(
+            "connection lost at commit".into(),
+        )));
+
+    let (first, rest) = create_behind_first_batch(&store, &script, 4).await;
+    release.send(Ok(stored(1, "user1@example.com"))).unwrap();
+    let first = first.await.unwrap();
+    let rest = join_all(rest).await;
+
+    assert!(
+        matches!(&first, Err(ActorError::Batch(cause))
+            if matches!(cause.as_ref(), ActorError::Db(DbError::Unavailable(_)))),
+        "the write whose batch failed gets the batch's cause: {first:?}"
+    );
+    assert_eq!(script.batches(), vec![1, 3], "the next batch still goes");
+    for reply in rest {
+        let reply = reply.unwrap();
+        assert!(
+            reply.is_ok(),
+            "a write of the next batch succeeds: {reply:?}"
+        );
+    }
 }

@@ -112,7 +112,109 @@ async fn healthz_answers_while_sqlite_locked() {
     app.stop().await;
 }
 
-crate::on_both_backends!(burst_creates_match_rows, metrics_count_panics_and_restarts);
+crate::on_both_backends!(
+    burst_creates_match_rows,
+    metrics_count_panics_and_restarts,
+    duplicate_creates_in_batches_conflict_alone,
+);
+
+/// Forty concurrent creates, four spellings of each of ten emails. Whatever
+/// batches they share, each email is created once and its other three
+/// creates get 409; every create went through a batch.
+async fn duplicate_creates_in_batches_conflict_alone(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let spellings = [
+        "user{n}@example.com",
+        "USER{n}@example.com",
+        "User{n}@Example.com",
+        " user{n}@example.COM ",
+    ];
+
+    let mut requests = JoinSet::new();
+    for n in 0..10 {
+        for spelling in spellings {
+            let email = spelling.replace("{n}", &n.to_string());
+            let request =
+                app.post_json("/api/v1/users", &json!({ "name": "Twin", "email": email }));
+            requests.spawn(async move { request.send().await });
+        }
+    }
+    let mut created = 0;
+    let mut conflicts = 0;
+    while let Some(joined) = requests.join_next().await {
+        match joined.unwrap().unwrap().status().as_u16() {
+            201 => created += 1,
+            409 => conflicts += 1,
+            other => panic!("a create answered {other}"),
+        }
+    }
+
+    assert_eq!(created, 10, "each email is created once");
+    assert_eq!(conflicts, 30, "every other spelling gets 409");
+    assert_eq!(total_users(&app).await, 10, "one row per email");
+    assert_eq!(
+        metric(&app, "troupe_user_store_batched_writes_total").await,
+        40.0,
+        "every create went through a batch"
+    );
+    let batches = metric(&app, "troupe_user_store_write_batches_total").await;
+    assert!(
+        (1.0..=40.0).contains(&batches),
+        "40 writes took between 1 and 40 batches, not {batches}"
+    );
+    app.stop().await;
+}
+
+/// While a batch waits for SQLite's write lock, the creates that arrive
+/// meanwhile wait in the user store; once the lock is free they commit
+/// together in one more batch, and every one of them is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_behind_a_batch_commit_together() {
+    const WRITES: usize = 20;
+    let Some(app) = TestApp::spawn(Backend::Sqlite).await else {
+        return;
+    };
+    let lock = SqliteLock::take(&app);
+
+    let mut requests = JoinSet::new();
+    for n in 0..WRITES {
+        let request = create_request(&app, n);
+        requests.spawn(async move { request.send().await });
+    }
+    // Polls until every create holds a queue place; bounded, so that a
+    // create that never arrives fails the test.
+    let mut queued = false;
+    for _ in 0..2000 {
+        if metric(&app, "troupe_db_queue_depth").await == WRITES as f64 {
+            queued = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(queued, "all {WRITES} creates are admitted behind the lock");
+    lock.release();
+
+    while let Some(joined) = requests.join_next().await {
+        let status = joined.unwrap().unwrap().status();
+        assert_eq!(
+            status, 201,
+            "a create behind the lock is stored once it is free"
+        );
+    }
+    assert_eq!(
+        total_users(&app).await,
+        WRITES as i64,
+        "every create is stored"
+    );
+    assert_eq!(
+        metric(&app, "troupe_user_store_write_batches_total").await,
+        2.0,
+        "the first create waited alone, the others shared the next batch"
+    );
+    app.stop().await;
+}
 
 /// Reads one sample from `/metrics`, such as
 /// `troupe_unavailable_responses_total{reason="overloaded"}`; a sample that
@@ -218,8 +320,9 @@ async fn full_queue_rejects_with_503() {
     app.stop().await;
 }
 
-/// Runs three creates behind an SQLite lock with one worker, a busy timeout
-/// of 400 ms and a request budget of 500 ms. The first create waits out the
+/// Runs three creates behind an SQLite lock with one worker, one write per
+/// batch, a busy timeout of 400 ms and a request budget of 500 ms. The
+/// first create waits out the
 /// busy timeout and gets 503 `database_busy`. The second starts at 400 ms or
 /// later and does the same, so the third cannot start before 800 ms and is
 /// skipped with 503 `deadline_exceeded`. None is stored, and service resumes
@@ -229,6 +332,7 @@ async fn expired_requests_are_skipped() {
     let spawned = TestApp::spawn_with(Backend::Sqlite, |settings| {
         settings.db_workers = 1;
         settings.pool.max_size = 1;
+        settings.write_batch_max = 1;
         settings.pool.sqlite_busy_timeout = Duration::from_millis(400);
         settings.request_timeout = Duration::from_millis(500);
     });
@@ -276,8 +380,9 @@ async fn expired_requests_are_skipped() {
     app.stop().await;
 }
 
-/// PostgreSQL counterpart of the SQLite lock test: another session holds an
-/// exclusive lock on `users` longer than the request budget. The statement
+/// PostgreSQL counterpart of the SQLite lock test, also with one write per
+/// batch: another session holds an exclusive lock on `users` longer than
+/// the request budget. The statement
 /// that waits for it is cancelled by `statement_timeout` (503
 /// `database_busy`), later ones are skipped at their deadline (503
 /// `deadline_exceeded`), nothing is stored, and `/healthz` stays 200.
@@ -286,6 +391,7 @@ async fn postgres_table_lock_gives_503() {
     let spawned = TestApp::spawn_with(Backend::Postgres, |settings| {
         settings.db_workers = 1;
         settings.pool.max_size = 1;
+        settings.write_batch_max = 1;
         settings.pool.pg_statement_timeout = Duration::from_millis(400);
         settings.request_timeout = Duration::from_millis(500);
     });

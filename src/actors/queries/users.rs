@@ -110,3 +110,43 @@ impl DbQuery for Delete {
         db::users::delete(conn, self.id, self.mode, self.if_match.as_ref(), now())
     }
 }
+
+/// Any user write, so that writes of different kinds can share a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    Insert(Insert),
+    Replace(Replace),
+    Update(Update),
+    Delete(Delete),
+}
+
+/// The result of a `Write`, by kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    Inserted(UserWithPosts),
+    Changed(User),
+    Deleted,
+}
+
+impl DbQuery for Write {
+    type Output = Written;
+    const NAME: &'static str = "users.write";
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Insert(_) => Insert::NAME,
+            Self::Replace(_) => Replace::NAME,
+            Self::Update(_) => Update::NAME,
+            Self::Delete(_) => Delete::NAME,
+        }
+    }
+
+    fn run(self, conn: &mut DbConn) -> Result<Written, DbError> {
+        match self {
+            Self::Insert(insert) => insert.run(conn).map(Written::Inserted),
+            Self::Replace(replace) => replace.run(conn).map(Written::Changed),
+            Self::Update(update) => update.run(conn).map(Written::Changed),
+            Self::Delete(delete) => delete.run(conn).map(|()| Written::Deleted),
+        }
+    }
+}

@@ -14,27 +14,35 @@ use actix::fut::{self, ActorFutureExt, WrapFuture};
 use actix::prelude::*;
 use lru::LruCache;
 
-use messages::WriteFinished;
+use messages::{BatchAnswered, Enqueue, WriteFinished};
 pub use messages::{
     CreateUser, DeleteUser, GetUser, GetUserWithPosts, ListUsers, PatchUser, ReplaceUser,
 };
 use port::send_admitted;
 pub use port::{UserDb, UserQueryHandler};
 
-use super::queries::users;
+use super::batch::reply_lost;
+use super::queries::users::{self, Written};
 use super::{
-    panic_message, ActorError, DbQuery, Escalation, Query, RestartDecision, RestartPolicy,
-    RestartTracker,
+    panic_message, ActorError, Escalation, Query, RequestCtx, RestartDecision, RestartPolicy,
+    RestartTracker, WriteQueue,
 };
 use crate::domain::{Page, User, UserId, UserWithPosts};
 
 const ACTOR: &str = "user_store";
+
+/// The most writes in one batch unless configured otherwise.
+pub const DEFAULT_MAX_BATCH: usize = 64;
 
 /// Counters of one `UserStore`, kept across its restarts.
 #[derive(Debug, Default)]
 pub struct StoreStats {
     pub restarts: AtomicU64,
     pub panics: AtomicU64,
+    /// Batches of writes sent to the database.
+    pub write_batches: AtomicU64,
+    /// Writes sent in those batches.
+    pub batched_writes: AtomicU64,
 }
 
 /// The owner of user state. Every user operation passes through it. It runs
@@ -59,6 +67,9 @@ pub struct UserStore {
     backoff: Option<Duration>,
     /// False when every read must go to the database.
     caching: bool,
+    /// Writes waiting for the next batch. They are requests, not state, so
+    /// they stay queued across a restart.
+    writes: WriteQueue<users::Write>,
 }
 
 impl UserStore {
@@ -73,7 +84,14 @@ impl UserStore {
             escalation: Arc::new(Escalation::default()),
             backoff: None,
             caching: true,
+            writes: WriteQueue::new(DEFAULT_MAX_BATCH),
         }
+    }
+
+    /// Puts at most `max` writes in one batch; 1 turns batching off.
+    pub fn with_max_batch(mut self, max: usize) -> Self {
+        self.writes = WriteQueue::new(max);
+        self
     }
 
     /// Turns the cache off, so every read goes to the database. Several
@@ -126,27 +144,46 @@ impl UserStore {
         }
     }
 
-    /// Sends a write and evicts `id` around it. The reply future does not
-    /// belong to the actor's context, so a restart of the store cannot cut
-    /// off the reply of a write that the database has already committed.
-    fn write<Q>(
+    /// Queues a write for the next batch and evicts `id` around it. The
+    /// write waits for a place in the database queue first: at once when
+    /// one is free, otherwise in the reply future, within the queue's wait.
+    ///
+    /// The reply future does not belong to the actor's context, and the
+    /// batch is sent from a task of its own, so a restart of the store
+    /// cannot cut off the reply of a write that the database has committed.
+    fn write(
         &mut self,
         ctx: &mut Context<Self>,
         id: Option<UserId>,
-        recipient: &Recipient<Query<Q>>,
-        request: Query<Q>,
-    ) -> ResponseFuture<Result<Q::Output, ActorError>>
-    where
-        Q: DbQuery,
-        Query<Q>: Message<Result = Result<Q::Output, ActorError>>,
-    {
+        request: RequestCtx,
+        write: users::Write,
+    ) -> ResponseFuture<Result<Written, ActorError>> {
         if let Some(id) = id {
             self.evict(id);
         }
-        let reply = send_admitted(self.db.admission.clone(), recipient.clone(), request);
+        let query = Query::new(request, write);
+        let queued = match self.db.admission.try_admit() {
+            Some(ticket) => {
+                let reply = self.writes.push(query, ticket);
+                self.flush(ctx);
+                Ok(reply)
+            }
+            None => Err((self.db.admission.clone(), query)),
+        };
         let store = ctx.address();
         Box::pin(async move {
-            let result = reply.await;
+            let reply = match queued {
+                Ok(reply) => reply,
+                Err((admission, query)) => {
+                    if query.ctx.is_expired() {
+                        return Err(ActorError::DeadlineExceeded);
+                    }
+                    let ticket = admission.admit().await?;
+                    let queued = store.send(Enqueue { query, ticket }).await;
+                    ActorError::flatten(ACTOR, queued.map(Ok))?
+                }
+            };
+            let result = reply.await.unwrap_or_else(|_| Err(reply_lost()));
             if let Some(id) = id {
                 // If the store is restarting it has dropped its cache anyway.
                 let _ = store.send(WriteFinished { id }).await;
@@ -154,6 +191,33 @@ impl UserStore {
             result
         })
     }
+
+    /// Sends the next batch of writes unless one is in the database.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        let Some(batch) = self.writes.next_batch() else {
+            return;
+        };
+        self.stats.write_batches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .batched_writes
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let writer = self.db.write.clone();
+        let store = ctx.address();
+        actix::spawn(async move {
+            batch.send(writer).await;
+            store.do_send(BatchAnswered);
+        });
+    }
+}
+
+/// Turns the result of a write into the kind its request expects.
+fn written<T>(
+    result: Result<Written, ActorError>,
+    expected: impl FnOnce(Written) -> Option<T>,
+) -> Result<T, ActorError> {
+    result.and_then(|written| {
+        expected(written).ok_or(ActorError::Bug("a write got the result of another kind"))
+    })
 }
 
 impl Actor for UserStore {
@@ -295,13 +359,37 @@ forward_read!(
     Page<User>
 );
 
+impl Handler<Enqueue> for UserStore {
+    type Result = MessageResult<Enqueue>;
+
+    fn handle(&mut self, message: Enqueue, ctx: &mut Context<Self>) -> Self::Result {
+        let reply = self.writes.push(message.query, message.ticket);
+        self.flush(ctx);
+        MessageResult(reply)
+    }
+}
+
+impl Handler<BatchAnswered> for UserStore {
+    type Result = ();
+
+    fn handle(&mut self, _: BatchAnswered, ctx: &mut Context<Self>) {
+        self.writes.finished();
+        self.flush(ctx);
+    }
+}
+
 impl Handler<CreateUser> for UserStore {
     type Result = ResponseFuture<Result<UserWithPosts, ActorError>>;
 
     fn handle(&mut self, message: CreateUser, ctx: &mut Context<Self>) -> Self::Result {
-        let db = self.db.insert.clone();
-        let query = Query::new(message.ctx, users::Insert { user: message.user });
-        self.write(ctx, None, &db, query)
+        let write = users::Write::Insert(users::Insert { user: message.user });
+        let reply = self.write(ctx, None, message.ctx, write);
+        Box::pin(async move {
+            written(reply.await, |written| match written {
+                Written::Inserted(user) => Some(user),
+                _ => None,
+            })
+        })
     }
 }
 
@@ -315,16 +403,13 @@ impl Handler<ReplaceUser> for UserStore {
             fields,
             if_match,
         } = message;
-        let db = self.db.replace.clone();
-        let query = Query::new(
-            request,
-            users::Replace {
-                id,
-                fields,
-                if_match,
-            },
-        );
-        self.write(ctx, Some(id), &db, query)
+        let write = users::Write::Replace(users::Replace {
+            id,
+            fields,
+            if_match,
+        });
+        let reply = self.write(ctx, Some(id), request, write);
+        Box::pin(async move { written(reply.await, changed) })
     }
 }
 
@@ -338,16 +423,13 @@ impl Handler<PatchUser> for UserStore {
             patch,
             if_match,
         } = message;
-        let db = self.db.update.clone();
-        let query = Query::new(
-            request,
-            users::Update {
-                id,
-                patch,
-                if_match,
-            },
-        );
-        self.write(ctx, Some(id), &db, query)
+        let write = users::Write::Update(users::Update {
+            id,
+            patch,
+            if_match,
+        });
+        let reply = self.write(ctx, Some(id), request, write);
+        Box::pin(async move { written(reply.await, changed) })
     }
 }
 
@@ -361,8 +443,20 @@ impl Handler<DeleteUser> for UserStore {
             mode,
             if_match,
         } = message;
-        let db = self.db.delete.clone();
-        let query = Query::new(request, users::Delete { id, mode, if_match });
-        self.write(ctx, Some(id), &db, query)
+        let write = users::Write::Delete(users::Delete { id, mode, if_match });
+        let reply = self.write(ctx, Some(id), request, write);
+        Box::pin(async move {
+            written(reply.await, |written| match written {
+                Written::Deleted => Some(()),
+                _ => None,
+            })
+        })
+    }
+}
+
+fn changed(written: Written) -> Option<User> {
+    match written {
+        Written::Changed(user) => Some(user),
+        _ => None,
     }
 }

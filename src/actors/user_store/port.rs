@@ -5,34 +5,29 @@ use actix::dev::ToEnvelope;
 use actix::prelude::*;
 
 use crate::actors::queries::users;
-use crate::actors::{ActorError, Admission, DbQuery, Query};
+use crate::actors::{ActorError, Admission, Batch, DbQuery, Query};
 
-/// The database side of the `UserStore`: one recipient per query it sends.
-/// Built from the `DbWorker` pool in production and from a recording
+/// The database side of the `UserStore`: one recipient per message it
+/// sends. Built from the `DbWorker` pool in production and from a recording
 /// stand-in in tests.
 #[derive(Clone)]
 pub struct UserDb {
     pub find: Recipient<Query<users::Find>>,
     pub find_with_posts: Recipient<Query<users::FindWithPosts>>,
     pub list: Recipient<Query<users::List>>,
-    pub insert: Recipient<Query<users::Insert>>,
-    pub replace: Recipient<Query<users::Replace>>,
-    pub update: Recipient<Query<users::Update>>,
-    pub delete: Recipient<Query<users::Delete>>,
+    /// Every write goes here, in batches.
+    pub write: Recipient<Batch<users::Write>>,
     /// The bound shared with every other sender to the pool.
     pub admission: Admission,
 }
 
-/// An actor that handles every query `UserDb` sends.
+/// An actor that handles every message `UserDb` sends.
 pub trait UserQueryHandler:
     Actor
     + Handler<Query<users::Find>>
     + Handler<Query<users::FindWithPosts>>
     + Handler<Query<users::List>>
-    + Handler<Query<users::Insert>>
-    + Handler<Query<users::Replace>>
-    + Handler<Query<users::Update>>
-    + Handler<Query<users::Delete>>
+    + Handler<Batch<users::Write>>
 {
 }
 
@@ -41,10 +36,7 @@ impl<A> UserQueryHandler for A where
         + Handler<Query<users::Find>>
         + Handler<Query<users::FindWithPosts>>
         + Handler<Query<users::List>>
-        + Handler<Query<users::Insert>>
-        + Handler<Query<users::Replace>>
-        + Handler<Query<users::Update>>
-        + Handler<Query<users::Delete>>
+        + Handler<Batch<users::Write>>
 {
 }
 
@@ -55,37 +47,25 @@ impl UserDb {
         A::Context: ToEnvelope<A, Query<users::Find>>
             + ToEnvelope<A, Query<users::FindWithPosts>>
             + ToEnvelope<A, Query<users::List>>
-            + ToEnvelope<A, Query<users::Insert>>
-            + ToEnvelope<A, Query<users::Replace>>
-            + ToEnvelope<A, Query<users::Update>>
-            + ToEnvelope<A, Query<users::Delete>>,
+            + ToEnvelope<A, Batch<users::Write>>,
     {
         Self {
             find: addr.clone().recipient(),
             find_with_posts: addr.clone().recipient(),
             list: addr.clone().recipient(),
-            insert: addr.clone().recipient(),
-            replace: addr.clone().recipient(),
-            update: addr.clone().recipient(),
-            delete: addr.clone().recipient(),
+            write: addr.clone().recipient(),
             admission: Admission::unbounded(),
         }
     }
 
-    /// Sends every write (insert, replace, update, delete) to `addr`
-    /// instead, leaving reads where they were.
+    /// Sends the batches of writes to `addr` instead, leaving reads where
+    /// they were.
     pub fn with_writer<A>(mut self, addr: &Addr<A>) -> Self
     where
         A: UserQueryHandler,
-        A::Context: ToEnvelope<A, Query<users::Insert>>
-            + ToEnvelope<A, Query<users::Replace>>
-            + ToEnvelope<A, Query<users::Update>>
-            + ToEnvelope<A, Query<users::Delete>>,
+        A::Context: ToEnvelope<A, Batch<users::Write>>,
     {
-        self.insert = addr.clone().recipient();
-        self.replace = addr.clone().recipient();
-        self.update = addr.clone().recipient();
-        self.delete = addr.clone().recipient();
+        self.write = addr.clone().recipient();
         self
     }
 
