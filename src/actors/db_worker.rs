@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use actix::{Actor, Addr, Handler, Message, SyncArbiter, SyncContext};
 
+use super::batch::{run_live, LiveWrite};
 use super::{panic_message, ActorError, Batch, RequestCtx};
 use crate::db::{DbConn, DbError, DbPool};
 
@@ -21,6 +22,21 @@ pub trait DbQuery: Send + 'static {
     }
 
     fn run(self, conn: &mut DbConn) -> Result<Self::Output, DbError>;
+
+    /// Runs several values together in the transaction that the caller has
+    /// open, when that is cheaper than running them one by one, and returns
+    /// their outputs in order. Returns `None` when these values cannot run
+    /// together. After an error the caller rolls the transaction back.
+    fn run_together(
+        queries: &[&Self],
+        conn: &mut DbConn,
+    ) -> Option<Result<Vec<Self::Output>, DbError>>
+    where
+        Self: Sized,
+    {
+        let _ = (queries, conn);
+        None
+    }
 }
 
 /// The message that carries a query to a `DbWorker`, with its request context.
@@ -137,14 +153,12 @@ impl<Q: DbQuery> Handler<Query<Q>> for DbWorker {
     }
 }
 
-impl<Q: DbQuery> Handler<Batch<Q>> for DbWorker {
+impl<Q: DbQuery + Clone> Handler<Batch<Q>> for DbWorker {
     type Result = Result<Vec<Result<Q::Output, ActorError>>, ActorError>;
 
-    /// Runs the items in one write transaction. An item that fails with an
-    /// error of its own (a conflict, a failed precondition, a missing user)
-    /// has its savepoint rolled back and the others go on. An error that
-    /// breaks the connection, or a panic, fails the whole batch and rolls
-    /// everything back.
+    /// Runs the items in one write transaction (see `batch::run_live`). An
+    /// error that breaks the connection, or a panic, fails the whole batch
+    /// and rolls everything back.
     fn handle(&mut self, batch: Batch<Q>, _: &mut SyncContext<Self>) -> Self::Result {
         let mut results: Vec<Option<Result<Q::Output, ActorError>>> =
             Vec::with_capacity(batch.items.len());
@@ -155,7 +169,7 @@ impl<Q: DbQuery> Handler<Batch<Q>> for DbWorker {
                 results.push(Some(Err(self.skip_expired(query.name()))));
             } else {
                 results.push(None);
-                live.push((index, ctx, query));
+                live.push(LiveWrite { index, ctx, query });
             }
         }
         if live.is_empty() {
@@ -165,30 +179,7 @@ impl<Q: DbQuery> Handler<Batch<Q>> for DbWorker {
         let size = live.len();
         let started = Instant::now();
         let conn = self.connection()?;
-        let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-            conn.write_transaction(|conn| {
-                let mut outputs = Vec::with_capacity(size);
-                for (index, ctx, query) in live {
-                    let _entered = ctx.span.enter();
-                    let name = query.name();
-                    let started = Instant::now();
-                    let result = query.run(conn);
-                    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-                    tracing::debug!(
-                        db.op = name,
-                        duration_ms,
-                        batch.size = size,
-                        "write ran in a batch"
-                    );
-                    match result {
-                        Ok(output) => outputs.push((index, Ok(output))),
-                        Err(error) if error.breaks_connection() => return Err(error),
-                        Err(error) => outputs.push((index, Err(ActorError::Db(error)))),
-                    }
-                }
-                Ok(outputs)
-            })
-        }));
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| run_live(conn, live)));
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
 
         match outcome {

@@ -1,5 +1,7 @@
 //! The few operations whose SQL differs between the backends.
 
+use std::cell::Cell;
+
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
@@ -8,6 +10,32 @@ use diesel::sqlite::SqliteConnection;
 
 use super::models::{PostRow, UserRow};
 use super::schema::{posts, users};
+
+thread_local! {
+    /// Whether write transactions on this thread run straight in the
+    /// transaction that is open, without a savepoint each.
+    static WITHOUT_SAVEPOINTS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, in which every `write_transaction` runs straight in the
+/// transaction that the caller has open. A write that fails then leaves its
+/// changes in that transaction, so on any failure the caller must roll the
+/// whole transaction back. This saves a savepoint and its release, two round
+/// trips to PostgreSQL, per write.
+pub fn without_savepoints<T>(f: impl FnOnce() -> T) -> T {
+    /// Resets the flag on return and on panic.
+    struct Reset;
+
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            WITHOUT_SAVEPOINTS.set(false);
+        }
+    }
+
+    WITHOUT_SAVEPOINTS.set(true);
+    let _reset = Reset;
+    f()
+}
 
 /// Write transactions and row locks, as each backend does them.
 pub trait Dialect: Connection + Sized {
@@ -44,6 +72,9 @@ impl Dialect for PgConnection {
         F: FnOnce(&mut Self) -> Result<T, E>,
         E: From<Error>,
     {
+        if WITHOUT_SAVEPOINTS.get() {
+            return f(self);
+        }
         self.transaction(f)
     }
 
@@ -83,6 +114,9 @@ impl Dialect for SqliteConnection {
         F: FnOnce(&mut Self) -> Result<T, E>,
         E: From<Error>,
     {
+        if WITHOUT_SAVEPOINTS.get() {
+            return f(self);
+        }
         self.begin_write()?;
         match f(self) {
             Ok(value) => {

@@ -64,14 +64,17 @@ impl From<r2d2::Error> for DbError {
 }
 
 /// Tells whether a database error means "try again later": SQLite's
-/// SQLITE_BUSY and SQLITE_LOCKED, and PostgreSQL's cancellation by
-/// `statement_timeout` or `lock_timeout`. Diesel exposes neither backend's
-/// error code, so the message is matched.
+/// SQLITE_BUSY and SQLITE_LOCKED, PostgreSQL's cancellation by
+/// `statement_timeout` or `lock_timeout`, and a PostgreSQL deadlock, which
+/// concurrent batches that insert the same emails in opposite orders can
+/// cause. Diesel exposes neither backend's error code, so the message is
+/// matched.
 fn is_busy(message: &str) -> bool {
     message.contains("database is locked")
         || message.contains("database table is locked")
         || message.contains("canceling statement due to statement timeout")
         || message.contains("canceling statement due to lock timeout")
+        || message.contains("deadlock detected")
 }
 
 /// Tells whether libpq reports a lost or refused connection, which Diesel

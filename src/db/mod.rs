@@ -21,6 +21,7 @@ use diesel::pg::PgConnection;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
 use diesel::sqlite::SqliteConnection;
 
+pub use dialect::without_savepoints;
 pub use error::DbError;
 pub use url::{DatabaseUrl, InvalidDatabaseUrl};
 
@@ -50,19 +51,25 @@ pub enum DbConn {
 impl DbConn {
     /// Runs `f` in one write transaction. The writes `f` makes through the
     /// query functions of this module each run in their own savepoint, so
-    /// one that fails is undone alone and `f` can go on with the next. The
-    /// transaction is rolled back when `f` fails and committed otherwise.
-    pub fn write_transaction<T>(
+    /// one that fails is undone alone and `f` can go on with the next
+    /// (unless `f` runs them in `without_savepoints`). The transaction is
+    /// rolled back when `f` fails and committed otherwise.
+    pub fn write_transaction<T, E>(
         &mut self,
-        f: impl FnOnce(&mut DbConn) -> Result<T, DbError>,
-    ) -> Result<T, DbError> {
+        f: impl FnOnce(&mut DbConn) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<DbError>,
+    {
         use dialect::Dialect;
         use diesel::connection::{AnsiTransactionManager, TransactionManager};
 
-        with_conn!(&mut *self, c => c.begin_write())?;
+        let db_error = |error| E::from(DbError::from(error));
+        with_conn!(&mut *self, c => c.begin_write()).map_err(db_error)?;
         match f(self) {
             Ok(value) => {
-                with_conn!(&mut *self, c => AnsiTransactionManager::commit_transaction(c))?;
+                with_conn!(&mut *self, c => AnsiTransactionManager::commit_transaction(c))
+                    .map_err(db_error)?;
                 Ok(value)
             }
             Err(error) => {
@@ -70,7 +77,7 @@ impl DbConn {
                     Ok(()) => Err(error),
                     // The connection may still be inside the transaction;
                     // the rollback's error tells the caller to drop it.
-                    Err(rollback) => Err(DbError::from(rollback)),
+                    Err(rollback) => Err(db_error(rollback)),
                 }
             }
         }

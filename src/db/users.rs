@@ -1,5 +1,7 @@
 //! Queries on users. Every function ignores users that are deleted.
 
+use std::collections::HashMap;
+
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
@@ -109,13 +111,7 @@ pub fn insert(
     new: &NewUser,
     now: NaiveDateTime,
 ) -> Result<UserWithPosts, DbError> {
-    let row = NewUserRow {
-        name: new.fields.name.as_str(),
-        email: new.fields.email.as_str(),
-        age: new.fields.age.map(|age| age.get()),
-        created_at: now,
-        updated_at: now,
-    };
+    let row = new_user_row(new, now);
 
     with_conn!(conn, c => c.write_transaction(|c| {
         let user: User = diesel::insert_into(users::table)
@@ -141,6 +137,76 @@ pub fn insert(
         }
         Ok::<_, DbError>(UserWithPosts { user, posts })
     }))
+}
+
+/// Inserts several users and their posts with one statement for the users
+/// and one for the posts, in the transaction that the caller has open, and
+/// returns them in the order given. A taken email fails the statement, so
+/// the caller rolls back and inserts the users one by one.
+pub fn insert_many(
+    conn: &mut DbConn,
+    new: &[&NewUser],
+    now: NaiveDateTime,
+) -> Result<Vec<UserWithPosts>, DbError> {
+    let rows: Vec<NewUserRow> = new.iter().map(|user| new_user_row(user, now)).collect();
+
+    with_conn!(conn, c => {
+        let inserted: Vec<UserRow> = diesel::insert_into(users::table)
+            .values(&rows)
+            .returning(UserRow::as_returning())
+            .get_results(c)?;
+        // Matched by email, which the unique index makes unique among the
+        // rows just inserted, so nothing depends on the order of RETURNING.
+        let mut by_email: HashMap<String, User> = inserted
+            .into_iter()
+            .map(|row| (row.email.clone(), User::from(row)))
+            .collect();
+        let mut created = Vec::with_capacity(new.len());
+        for user in new {
+            let user = by_email.remove(user.fields.email.as_str()).ok_or(DbError::NotFound)?;
+            created.push(UserWithPosts { user, posts: Vec::new() });
+        }
+
+        let post_rows: Vec<NewPostRow> = new
+            .iter()
+            .zip(&created)
+            .flat_map(|(user, stored)| {
+                user.posts.iter().map(move |post| NewPostRow {
+                    user_id: stored.user.id.get(),
+                    title: post.title.as_str(),
+                    content: post.content.as_str(),
+                    created_at: now,
+                    updated_at: now,
+                })
+            })
+            .collect();
+        if !post_rows.is_empty() {
+            let mut posts: Vec<PostRow> = diesel::insert_into(posts::table)
+                .values(&post_rows)
+                .returning(PostRow::as_returning())
+                .get_results(c)?;
+            // Ids grow in insertion order, as `insert` returns them.
+            posts.sort_by_key(|post| post.id);
+            let mut by_user: HashMap<i64, Vec<Post>> = HashMap::new();
+            for post in posts {
+                by_user.entry(post.user_id).or_default().push(Post::from(post));
+            }
+            for stored in &mut created {
+                stored.posts = by_user.remove(&stored.user.id.get()).unwrap_or_default();
+            }
+        }
+        Ok(created)
+    })
+}
+
+fn new_user_row(new: &NewUser, now: NaiveDateTime) -> NewUserRow<'_> {
+    NewUserRow {
+        name: new.fields.name.as_str(),
+        email: new.fields.email.as_str(),
+        age: new.fields.age.map(|age| age.get()),
+        created_at: now,
+        updated_at: now,
+    }
 }
 
 /// Replaces every client-set field of a user.

@@ -22,8 +22,8 @@ use troupe::actors::{
 };
 use troupe::db::{DbConn, DbError, DbPool, PoolSettings};
 use troupe::domain::{
-    Age, DeleteMode, Email, NewUser, Page, User, UserFields, UserId, UserName, UserPatch,
-    UserWithPosts,
+    Age, DeleteMode, Email, NewUser, Page, PostContent, PostFields, PostTitle, User, UserFields,
+    UserId, UserName, UserPatch, UserWithPosts,
 };
 
 use crate::helpers::{Backend, TestDb};
@@ -834,6 +834,8 @@ actix_on_both_backends!(
     worker_batch_conflict_fails_only_its_write,
     worker_batch_skips_expired_writes,
     worker_batch_panic_rolls_back_whole_batch,
+    worker_batch_creates_run_together,
+    worker_batch_creates_fall_back_on_conflict,
 );
 
 /// A migrated database and a pool of `DbWorker`s on it.
@@ -1377,7 +1379,7 @@ async fn store_sends_writes_to_writer() {
 
 async fn send_batch<Q>(workers: &Addr<DbWorker>, items: Vec<Query<Q>>) -> BatchResult<Q>
 where
-    Q: DbQuery,
+    Q: DbQuery + Clone,
 {
     ActorError::flatten("db_worker", workers.send(Batch { items }).await)
 }
@@ -1484,7 +1486,119 @@ async fn worker_batch_skips_expired_writes(backend: Backend) {
     );
 }
 
+/// A create of a user with posts titled `titles`, as a batch item.
+fn insert_with_posts(email: &str, titles: &[&str]) -> Query<users::Write> {
+    let posts = titles
+        .iter()
+        .map(|title| PostFields {
+            title: PostTitle::parse(title).unwrap(),
+            content: PostContent::parse(&format!("About {title}")).unwrap(),
+        })
+        .collect();
+    let user = NewUser {
+        posts,
+        ..new_user("Poster", email)
+    };
+    Query::new(ctx(), users::Write::Insert(users::Insert { user }))
+}
+
+/// Returns the email and post titles of a created user, or the error.
+fn created(result: &Result<users::Written, ActorError>) -> Result<(String, Vec<String>), String> {
+    match result {
+        Ok(users::Written::Inserted(created)) => Ok((
+            created.user.email.clone(),
+            created
+                .posts
+                .iter()
+                .map(|post| post.title.clone())
+                .collect(),
+        )),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+fn titled(email: &str, titles: &[&str]) -> Result<(String, Vec<String>), String> {
+    Ok((
+        email.to_owned(),
+        titles.iter().map(|title| (*title).to_owned()).collect(),
+    ))
+}
+
+/// Creates alone in a batch run as one statement for the users and one for
+/// the posts; each create still gets its own user and its own posts, in the
+/// order sent.
+async fn worker_batch_creates_run_together(backend: Backend) {
+    let Some(workers) = start_workers(backend, 1) else {
+        return;
+    };
+
+    let results = send_batch(
+        &workers.addr,
+        vec![
+            insert_with_posts("one@example.com", &["First", "Second"]),
+            insert_with_posts("two@example.com", &[]),
+            insert_with_posts("three@example.com", &["Third"]),
+        ],
+    )
+    .await
+    .unwrap();
+    let stored = run(&workers.addr, CountEmail("two@example.com")).await;
+
+    let created: Vec<_> = results.iter().map(created).collect();
+    assert_eq!(
+        created,
+        vec![
+            titled("one@example.com", &["First", "Second"]),
+            titled("two@example.com", &[]),
+            titled("three@example.com", &["Third"]),
+        ],
+        "each create gets its own user and posts"
+    );
+    assert_eq!(stored.unwrap(), 1, "the creates are committed");
+}
+
+/// A taken email fails the statement that inserts every user of the batch;
+/// the batch then runs again one create at a time, and only the create
+/// with the taken email fails.
+async fn worker_batch_creates_fall_back_on_conflict(backend: Backend) {
+    let Some(workers) = start_workers(backend, 1) else {
+        return;
+    };
+    run(
+        &workers.addr,
+        users::Insert {
+            user: new_user("Taken", "taken@example.com"),
+        },
+    )
+    .await
+    .unwrap();
+
+    let results = send_batch(
+        &workers.addr,
+        vec![
+            insert_with_posts("free@example.com", &["Kept"]),
+            insert_with_posts("taken@example.com", &["Lost"]),
+            insert_with_posts("also.free@example.com", &[]),
+        ],
+    )
+    .await
+    .unwrap();
+    let taken = run(&workers.addr, CountEmail("taken@example.com")).await;
+    let free = run(&workers.addr, CountEmail("free@example.com")).await;
+
+    assert_eq!(created(&results[0]), titled("free@example.com", &["Kept"]));
+    assert!(
+        matches!(results[1], Err(ActorError::Db(DbError::EmailTaken))),
+        "the create with the taken email fails alone: {:?}",
+        results[1]
+    );
+    assert_eq!(created(&results[2]), titled("also.free@example.com", &[]));
+    assert_eq!(taken.unwrap(), 1, "the taken email keeps its one row");
+    assert_eq!(free.unwrap(), 1, "the free email is stored once");
+}
+
 /// A write for a batch that inserts a user or panics.
+#[derive(Clone)]
 enum InsertOrPanic {
     Insert(users::Insert),
     Panic,
@@ -1629,7 +1743,7 @@ fn batching_store(max_batch: usize) -> (Addr<UserStore>, Arc<Script>) {
         NonZeroUsize::new(8).unwrap(),
         Arc::new(StoreStats::default()),
     )
-    .with_max_batch(max_batch)
+    .with_batching(max_batch, 1)
     .start();
     (store, script)
 }

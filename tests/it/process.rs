@@ -407,7 +407,9 @@ async fn actor_logs_carry_request_id() {
 
     let from_worker: Vec<_> = events_of(&events, "traced-create")
         .into_iter()
-        .filter(|e| e["target"] == "troupe::actors::db_worker")
+        .filter(|e| {
+            e["target"] == "troupe::actors::db_worker" || e["target"] == "troupe::actors::batch"
+        })
         .collect();
     assert!(
         !from_worker.is_empty(),

@@ -141,6 +141,20 @@ impl DbQuery for Write {
         }
     }
 
+    /// Creates run together as two statements: one for the users, one for
+    /// their posts.
+    fn run_together(writes: &[&Self], conn: &mut DbConn) -> Option<Result<Vec<Written>, DbError>> {
+        let users: Vec<&NewUser> = writes
+            .iter()
+            .map(|write| match write {
+                Self::Insert(insert) => Some(&insert.user),
+                _ => None,
+            })
+            .collect::<Option<_>>()?;
+        let created = db::users::insert_many(conn, &users, now());
+        Some(created.map(|created| created.into_iter().map(Written::Inserted).collect()))
+    }
+
     fn run(self, conn: &mut DbConn) -> Result<Written, DbError> {
         match self {
             Self::Insert(insert) => insert.run(conn).map(Written::Inserted),

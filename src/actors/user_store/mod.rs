@@ -84,13 +84,14 @@ impl UserStore {
             escalation: Arc::new(Escalation::default()),
             backoff: None,
             caching: true,
-            writes: WriteQueue::new(DEFAULT_MAX_BATCH),
+            writes: WriteQueue::new(DEFAULT_MAX_BATCH, 1),
         }
     }
 
-    /// Puts at most `max` writes in one batch; 1 turns batching off.
-    pub fn with_max_batch(mut self, max: usize) -> Self {
-        self.writes = WriteQueue::new(max);
+    /// Puts at most `max_batch` writes in one batch (1 turns batching off)
+    /// and sends at most `max_in_flight` batches to the database at once.
+    pub fn with_batching(mut self, max_batch: usize, max_in_flight: usize) -> Self {
+        self.writes = WriteQueue::new(max_batch, max_in_flight);
         self
     }
 
