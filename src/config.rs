@@ -17,7 +17,7 @@
 //! | `TROUPE_BODY_LIMIT_BYTES` | 65536 | largest accepted request body |
 //! | `TROUPE_CLIENT_TIMEOUT_MS` | 5000 | time to send the headers, then the body |
 //! | `TROUPE_CACHE_CAPACITY` | 10000 | users kept in the user-store cache; 0 turns it off |
-//! | `TROUPE_WRITE_BATCH_MAX` | 64 | user writes committed in one transaction; 1 turns batching off |
+//! | `TROUPE_WRITE_BATCH_MAX` | 64 | user or post writes committed in one transaction; 1 turns batching off |
 //! | `TROUPE_HTTP_WORKERS` | cores | HTTP worker threads |
 //! | `TROUPE_LOG_FORMAT` | `pretty` | `pretty` or `json` |
 //! | `TROUPE_LOG` | `info` | level or `tracing` filter directives |
@@ -196,8 +196,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TROUPE_CACHE_CAPACITY", default_value_t = DEFAULT_CACHE_CAPACITY)]
     pub cache_capacity: usize,
 
-    /// User writes committed together in one transaction, each in its own
-    /// savepoint; 1 commits every write on its own.
+    /// User or post writes committed together in one transaction; 1 commits
+    /// every write on its own.
     #[arg(long, env = "TROUPE_WRITE_BATCH_MAX", default_value_t = DEFAULT_WRITE_BATCH_MAX,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub write_batch_max: u32,

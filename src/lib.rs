@@ -6,8 +6,8 @@
 //!    id and span. Extractors turn the path, query and JSON body into domain
 //!    types (`domain`), or reject the request with a problem (`http::problem`).
 //! 2. The handler sends one message carrying a `RequestCtx` (request id,
-//!    span, deadline): user operations to the `UserStore` actor, post
-//!    operations straight to the `DbWorker` pool.
+//!    span, deadline): user operations to the `UserStore` actor, post reads
+//!    straight to the `DbWorker` pool, post writes to a `WriteBatcher`.
 //! 3. The `UserStore` serves reads from its cache or sends a query message
 //!    (`actors::queries`) to the pool, and queues writes into batches that
 //!    one worker commits in one transaction (`actors::batch`). A `DbWorker`

@@ -12,7 +12,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::actors::{Admission, StoreStats, WorkerStats};
+use crate::actors::{Admission, BatchStats, StoreStats, WorkerStats};
 use crate::db::DbPool;
 
 /// Latency buckets in seconds, from 0.5 ms to 10 s.
@@ -53,8 +53,10 @@ struct CopiedCounters {
     deadline_skips: IntCounter,
     store_restarts: IntCounter,
     store_panics: IntCounter,
-    write_batches: IntCounter,
-    batched_writes: IntCounter,
+    user_batches: IntCounter,
+    user_batched_writes: IntCounter,
+    post_batches: IntCounter,
+    post_batched_writes: IntCounter,
 }
 
 /// The live sources of the values read at scrape time.
@@ -65,6 +67,8 @@ pub struct Sources {
     pub queue_wait: Histogram,
     pub worker_stats: Arc<WorkerStats>,
     pub store_stats: Arc<StoreStats>,
+    /// The batches of post writes.
+    pub post_writes: Arc<BatchStats>,
 }
 
 impl Metrics {
@@ -112,6 +116,22 @@ impl Metrics {
             &["state"],
         )?;
         registry.register(Box::new(db_pool_connections.clone()))?;
+        let write_batches = IntCounterVec::new(
+            Opts::new(
+                "write_batches_total",
+                "Batches of writes sent to the database, each one transaction, by kind of write.",
+            ),
+            &["writes"],
+        )?;
+        registry.register(Box::new(write_batches.clone()))?;
+        let batched_writes = IntCounterVec::new(
+            Opts::new(
+                "batched_writes_total",
+                "Writes sent to the database in batches, by kind of write.",
+            ),
+            &["writes"],
+        )?;
+        registry.register(Box::new(batched_writes.clone()))?;
 
         Ok(Self {
             http_requests,
@@ -148,14 +168,10 @@ impl Metrics {
                     "user_store_panics_total",
                     "Panics caught in user store handlers.",
                 )?,
-                write_batches: counter(
-                    "user_store_write_batches_total",
-                    "Batches of user writes sent to the database, each one transaction.",
-                )?,
-                batched_writes: counter(
-                    "user_store_batched_writes_total",
-                    "User writes sent to the database in batches.",
-                )?,
+                user_batches: write_batches.with_label_values(&["users"]),
+                user_batched_writes: batched_writes.with_label_values(&["users"]),
+                post_batches: write_batches.with_label_values(&["posts"]),
+                post_batched_writes: batched_writes.with_label_values(&["posts"]),
             },
             sources,
             registry,
@@ -192,6 +208,7 @@ impl Metrics {
             admission,
             worker_stats,
             store_stats,
+            post_writes,
             ..
         } = &self.sources;
         let state = pool.state();
@@ -214,11 +231,13 @@ impl Metrics {
             ),
             (&self.copied.store_restarts, load(&store_stats.restarts)),
             (&self.copied.store_panics, load(&store_stats.panics)),
-            (&self.copied.write_batches, load(&store_stats.write_batches)),
+            (&self.copied.user_batches, load(&store_stats.writes.batches)),
             (
-                &self.copied.batched_writes,
-                load(&store_stats.batched_writes),
+                &self.copied.user_batched_writes,
+                load(&store_stats.writes.writes),
             ),
+            (&self.copied.post_batches, load(&post_writes.batches)),
+            (&self.copied.post_batched_writes, load(&post_writes.writes)),
         ];
         for (counter, total) in copies {
             counter.inc_by(total.saturating_sub(counter.get()));

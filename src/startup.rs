@@ -7,15 +7,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Addr, Arbiter, ArbiterHandle};
+use actix::{Actor, Addr, Arbiter, ArbiterHandle};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 
+use crate::actors::queries::posts;
 use crate::actors::{
-    Admission, DbWorker, Escalation, RestartPolicy, StoreStats, UserDb, UserStore, WorkerStats,
+    Admission, BatchStats, DbWorker, Escalation, RestartPolicy, StoreStats, UserDb, UserStore,
+    WorkerStats, WriteBatcher,
 };
 use crate::config::Settings;
 use crate::db::migrations::{self, MigrationError};
@@ -187,6 +189,15 @@ impl Application {
             store = store.without_cache();
         }
         let store = UserStore::start_supervised(&store_arbiter.handle(), store);
+        let post_writes = Arc::new(BatchStats::default());
+        let post_writer = WriteBatcher::<posts::Write>::new(
+            writer.clone().recipient(),
+            admission.clone(),
+            settings.write_batch_max,
+            batches_in_flight(&settings),
+            Arc::clone(&post_writes),
+        );
+        let post_writer = Actor::start_in_arbiter(&store_arbiter.handle(), move |_| post_writer);
 
         let listener = TcpListener::bind(settings.bind).map_err(|source| StartupError::Bind {
             addr: settings.bind,
@@ -203,6 +214,7 @@ impl Application {
             queue_wait,
             worker_stats: Arc::clone(&worker_stats),
             store_stats: Arc::clone(&store_stats),
+            post_writes,
         })?);
         let shutting_down = Arc::new(AtomicBool::new(false));
         let (cut_off, cut_off_notice) = watch::channel(false);
@@ -213,6 +225,7 @@ impl Application {
             store: store.clone(),
             db: db.clone(),
             writer,
+            post_writer,
             admission,
             metrics,
             request_timeout: settings.request_timeout,

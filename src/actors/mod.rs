@@ -1,8 +1,10 @@
 //! The actor layer: the actors, their messages and the request
 //! context that every message carries.
 //!
-//! - `UserStore` (async, one arbiter, supervised) owns the user cache and
-//!   sends user queries on to the pool.
+//! - `UserStore` (async, one arbiter, supervised) owns the user cache,
+//!   sends user reads on to the pool and user writes in batches.
+//! - `WriteBatcher` (async, on the same arbiter) sends post writes in
+//!   batches (`batch`).
 //! - `DbWorker` (sync, one thread each in a `SyncArbiter`) owns a database
 //!   connection and runs one query, or one batch of writes, per message.
 
@@ -16,7 +18,10 @@ mod supervision;
 mod user_store;
 
 pub use admission::{Admission, Ticket};
-pub use batch::{Batch, PendingBatch, WriteQueue, WriteReply};
+pub use batch::{
+    Batch, BatchAnswered, BatchStats, Enqueue, QueueWrite, Queued, WriteBatcher, WriteQueue,
+    WriteReply,
+};
 pub use context::{RequestCtx, RequestId};
 pub use db_worker::{DbQuery, DbWorker, Query, WorkerStats};
 pub(crate) use error::panic_message;

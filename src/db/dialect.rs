@@ -58,6 +58,10 @@ pub trait Dialect: Connection + Sized {
     /// ends, so concurrent writers of that user run one after another.
     fn lock_live_user(&mut self, id: i64) -> QueryResult<Option<UserRow>>;
 
+    /// Locks the users among `ids` that are not deleted, in id order, and
+    /// returns how many there are.
+    fn lock_live_users(&mut self, ids: &[i64]) -> QueryResult<usize>;
+
     /// Reads a post that is not deleted and locks it like `lock_live_user`.
     fn lock_live_post(&mut self, id: i64) -> QueryResult<Option<PostRow>>;
 }
@@ -86,6 +90,17 @@ impl Dialect for PgConnection {
             .for_update()
             .first(self)
             .optional()
+    }
+
+    fn lock_live_users(&mut self, ids: &[i64]) -> QueryResult<usize> {
+        let locked: Vec<i64> = users::table
+            .filter(users::id.eq_any(ids))
+            .filter(users::deleted_at.is_null())
+            .order(users::id)
+            .select(users::id)
+            .for_update()
+            .load(self)?;
+        Ok(locked.len())
     }
 
     fn lock_live_post(&mut self, id: i64) -> QueryResult<Option<PostRow>> {
@@ -137,6 +152,15 @@ impl Dialect for SqliteConnection {
             .select(UserRow::as_select())
             .first(self)
             .optional()
+    }
+
+    fn lock_live_users(&mut self, ids: &[i64]) -> QueryResult<usize> {
+        let live: i64 = users::table
+            .filter(users::id.eq_any(ids))
+            .filter(users::deleted_at.is_null())
+            .count()
+            .get_result(self)?;
+        Ok(usize::try_from(live).unwrap_or(0))
     }
 
     fn lock_live_post(&mut self, id: i64) -> QueryResult<Option<PostRow>> {

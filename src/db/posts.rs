@@ -114,6 +114,61 @@ pub fn insert(
     }))
 }
 
+/// Inserts several posts with one statement, in the transaction that the
+/// caller has open, after locking their users in another. Returns them in
+/// the order given. A missing or deleted user fails with `NotFound`, so the
+/// caller rolls back and inserts the posts one by one.
+pub fn insert_many(
+    conn: &mut DbConn,
+    new: &[(UserId, &NewPost)],
+    now: NaiveDateTime,
+) -> Result<Vec<Post>, DbError> {
+    let mut user_ids: Vec<i64> = new.iter().map(|(user_id, _)| user_id.get()).collect();
+    user_ids.sort_unstable();
+    user_ids.dedup();
+    let rows: Vec<NewPostRow> = new
+        .iter()
+        .map(|(user_id, post)| NewPostRow {
+            user_id: user_id.get(),
+            title: post.title.as_str(),
+            content: post.content.as_str(),
+            created_at: now,
+            updated_at: now,
+        })
+        .collect();
+
+    with_conn!(conn, c => {
+        if c.lock_live_users(&user_ids)? != user_ids.len() {
+            return Err(DbError::NotFound);
+        }
+        let mut inserted: Vec<PostRow> = diesel::insert_into(posts::table)
+            .values(&rows)
+            .returning(PostRow::as_returning())
+            .get_results(c)?;
+        // Matched by user, title and content, so nothing depends on the
+        // order of RETURNING. Equal posts of one user are interchangeable;
+        // among them, lower ids go to earlier writes.
+        inserted.sort_by_key(|row| row.id);
+        let mut posts: Vec<Option<Post>> =
+            inserted.into_iter().map(|row| Some(Post::from(row))).collect();
+        rows.iter()
+            .map(|row| {
+                posts
+                    .iter_mut()
+                    .find(|post| {
+                        post.as_ref().is_some_and(|post| {
+                            post.user_id.get() == row.user_id
+                                && post.title == row.title
+                                && post.content == row.content
+                        })
+                    })
+                    .and_then(Option::take)
+                    .ok_or(DbError::NotFound)
+            })
+            .collect()
+    })
+}
+
 /// Applies a merge patch; a full replacement is a patch with every field.
 /// A patch that changes no value leaves the version alone and returns the
 /// post as it is.

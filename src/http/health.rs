@@ -14,7 +14,11 @@ use crate::actors::{ActorError, Query, RequestCtx};
 /// Returns 200 while the process and its actors run. It never touches the
 /// database, so it stays fast when the database is slow or locked.
 pub async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    if !state.store.connected() || !state.db.connected() || !state.writer.connected() {
+    if !state.store.connected()
+        || !state.db.connected()
+        || !state.writer.connected()
+        || !state.post_writer.connected()
+    {
         return Err(ApiError::unavailable(UnavailableReason::ActorUnavailable));
     }
     Ok(HttpResponse::Ok().json(json!({ "status": "ok" })))

@@ -20,7 +20,7 @@ use actix_web::{guard, web, HttpResponse, Route};
 
 pub use request::{request_context, REQUEST_ID_HEADER};
 
-use crate::actors::{Admission, DbWorker, UserStore};
+use crate::actors::{queries, Admission, DbWorker, UserStore, WriteBatcher};
 use crate::metrics::Metrics;
 use problem::ApiError;
 
@@ -33,6 +33,8 @@ pub struct AppState {
     /// The worker or workers for writes: one on SQLite, the readers on
     /// PostgreSQL.
     pub writer: Addr<DbWorker>,
+    /// Batches post writes and sends them to `writer`.
+    pub post_writer: Addr<WriteBatcher<queries::posts::Write>>,
     /// The bound on database work, shared with the user store.
     pub admission: Admission,
     pub metrics: Arc<Metrics>,

@@ -12,7 +12,7 @@ use super::representation::{page_response, with_etag, PostBody};
 use super::users::present;
 use super::AppState;
 use crate::actors::queries::posts;
-use crate::actors::{ActorError, DbQuery, Query, RequestCtx};
+use crate::actors::{ActorError, DbQuery, Query, QueueWrite, RequestCtx};
 use crate::domain::{
     entity_tag, DeleteMode, FieldError, NewPost, Post, PostContent, PostFields, PostFilter, PostId,
     PostPatch, PostSort, PostTitle, UserId, ValidationError,
@@ -78,27 +78,33 @@ async fn run<Q: DbQuery>(
     ctx: RequestCtx,
     query: Q,
 ) -> Result<Q::Output, ApiError> {
-    send(&state.db, state, ctx, query).await
-}
-
-/// Like `run`, for writes, which go to the writer worker.
-async fn write<Q: DbQuery>(
-    state: &AppState,
-    ctx: RequestCtx,
-    query: Q,
-) -> Result<Q::Output, ApiError> {
-    send(&state.writer, state, ctx, query).await
-}
-
-async fn send<Q: DbQuery>(
-    workers: &actix::Addr<crate::actors::DbWorker>,
-    state: &AppState,
-    ctx: RequestCtx,
-    query: Q,
-) -> Result<Q::Output, ApiError> {
     let _ticket = state.admission.admit().await?;
-    let delivery = workers.send(Query::new(ctx, query)).await;
+    let delivery = state.db.send(Query::new(ctx, query)).await;
     ActorError::flatten("db_worker", delivery).map_err(ApiError::from)
+}
+
+/// Queues a write for the next batch of post writes and waits until the
+/// batch committed.
+async fn write(
+    state: &AppState,
+    ctx: RequestCtx,
+    write: posts::Write,
+) -> Result<posts::Written, ApiError> {
+    let delivery = state
+        .post_writer
+        .send(QueueWrite(Query::new(ctx, write)))
+        .await;
+    ActorError::flatten("post_writer", delivery).map_err(ApiError::from)
+}
+
+/// Returns the post that a create or an update saved.
+fn saved(written: posts::Written) -> Result<Post, ApiError> {
+    match written {
+        posts::Written::Saved(post) => Ok(post),
+        posts::Written::Deleted => {
+            Err(ActorError::Bug("an update got the result of a delete").into())
+        }
+    }
 }
 
 fn post_response(builder: actix_web::HttpResponseBuilder, post: &Post) -> HttpResponse {
@@ -142,7 +148,8 @@ pub async fn create_for_user(
 ) -> Result<HttpResponse, ApiError> {
     let post: NewPost = post_fields(body)?;
 
-    let post = write(&state, ctx, posts::Insert { user_id, post }).await?;
+    let insert = posts::Write::Insert(posts::Insert { user_id, post });
+    let post = saved(write(&state, ctx, insert).await?)?;
 
     Ok(with_etag(HttpResponse::Created(), post.version)
         .insert_header((header::LOCATION, format!("/api/v1/posts/{}", post.id)))
@@ -213,16 +220,12 @@ pub async fn replace(
     };
     let if_match = if_match(&request);
 
-    let post = write(
-        &state,
-        ctx,
-        posts::Update {
-            id,
-            patch,
-            if_match,
-        },
-    )
-    .await?;
+    let update = posts::Write::Update(posts::Update {
+        id,
+        patch,
+        if_match,
+    });
+    let post = saved(write(&state, ctx, update).await?)?;
 
     Ok(post_response(HttpResponse::Ok(), &post))
 }
@@ -238,16 +241,12 @@ pub async fn patch(
     let patch = body.validate()?;
     let if_match = if_match(&request);
 
-    let post = write(
-        &state,
-        ctx,
-        posts::Update {
-            id,
-            patch,
-            if_match,
-        },
-    )
-    .await?;
+    let update = posts::Write::Update(posts::Update {
+        id,
+        patch,
+        if_match,
+    });
+    let post = saved(write(&state, ctx, update).await?)?;
 
     Ok(post_response(HttpResponse::Ok(), &post))
 }
@@ -266,7 +265,8 @@ pub async fn delete(
     };
     let if_match = if_match(&request);
 
-    write(&state, ctx, posts::Delete { id, mode, if_match }).await?;
+    let delete = posts::Write::Delete(posts::Delete { id, mode, if_match });
+    write(&state, ctx, delete).await?;
 
     Ok(HttpResponse::NoContent().finish())
 }

@@ -14,7 +14,7 @@ use diesel::sqlite::SqliteConnection;
 use diesel::{Connection, QueryableByName, RunQueryDsl};
 use futures_util::future::{join_all, BoxFuture};
 use tokio::sync::oneshot;
-use troupe::actors::queries::users;
+use troupe::actors::queries::{posts, users};
 use troupe::actors::{
     ActorError, Batch, CreateUser, DbQuery, DbWorker, DeleteUser, Escalation, GetUser,
     GetUserWithPosts, InjectPanic, PatchUser, Query, ReplaceUser, RequestCtx, RequestId,
@@ -836,6 +836,8 @@ actix_on_both_backends!(
     worker_batch_panic_rolls_back_whole_batch,
     worker_batch_creates_run_together,
     worker_batch_creates_fall_back_on_conflict,
+    worker_batch_posts_run_together,
+    worker_batch_posts_fall_back_on_missing_user,
 );
 
 /// A migrated database and a pool of `DbWorker`s on it.
@@ -1595,6 +1597,101 @@ async fn worker_batch_creates_fall_back_on_conflict(backend: Backend) {
     assert_eq!(created(&results[2]), titled("also.free@example.com", &[]));
     assert_eq!(taken.unwrap(), 1, "the taken email keeps its one row");
     assert_eq!(free.unwrap(), 1, "the free email is stored once");
+}
+
+/// Creates a user with `email` and returns its id.
+async fn user_id(workers: &Addr<DbWorker>, email: &str) -> UserId {
+    let user = new_user("Author", email);
+    run(workers, users::Insert { user }).await.unwrap().user.id
+}
+
+/// A post create for a batch.
+fn post_write(user_id: UserId, title: &str) -> Query<posts::Write> {
+    let post = PostFields {
+        title: PostTitle::parse(title).unwrap(),
+        content: PostContent::parse("Same content").unwrap(),
+    };
+    Query::new(ctx(), posts::Write::Insert(posts::Insert { user_id, post }))
+}
+
+/// Returns the author and title of a saved post, or the error.
+fn saved_post(result: &Result<posts::Written, ActorError>) -> Result<(UserId, String), String> {
+    match result {
+        Ok(posts::Written::Saved(post)) => Ok((post.user_id, post.title.clone())),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// Post creates alone in a batch run as one statement that locks their
+/// users and one that inserts them; each create gets its own post, equal
+/// posts of one user included.
+async fn worker_batch_posts_run_together(backend: Backend) {
+    let Some(workers) = start_workers(backend, 1) else {
+        return;
+    };
+    let ada = user_id(&workers.addr, "ada@example.com").await;
+    let bob = user_id(&workers.addr, "bob@example.com").await;
+
+    let results = send_batch(
+        &workers.addr,
+        vec![
+            post_write(ada, "Twice"),
+            post_write(bob, "Once"),
+            post_write(ada, "Twice"),
+        ],
+    )
+    .await
+    .unwrap();
+
+    let saved: Vec<_> = results.iter().map(saved_post).collect();
+    assert_eq!(
+        saved,
+        vec![
+            Ok((ada, "Twice".to_owned())),
+            Ok((bob, "Once".to_owned())),
+            Ok((ada, "Twice".to_owned())),
+        ],
+        "each create gets a post of its own user"
+    );
+    let ids: Vec<_> = results
+        .iter()
+        .filter_map(|result| match result {
+            Ok(posts::Written::Saved(post)) => Some(post.id),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        ids[0] != ids[2],
+        "the two equal posts are two rows: {ids:?}"
+    );
+}
+
+/// A post for a missing user fails the statement that locks the users; the
+/// batch then runs one create at a time and only that create fails.
+async fn worker_batch_posts_fall_back_on_missing_user(backend: Backend) {
+    let Some(workers) = start_workers(backend, 1) else {
+        return;
+    };
+    let ada = user_id(&workers.addr, "ada@example.com").await;
+
+    let results = send_batch(
+        &workers.addr,
+        vec![
+            post_write(ada, "Kept"),
+            post_write(id(999_999), "Lost"),
+            post_write(ada, "Also kept"),
+        ],
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(saved_post(&results[0]), Ok((ada, "Kept".to_owned())));
+    assert!(
+        matches!(results[1], Err(ActorError::Db(DbError::NotFound))),
+        "the post for a missing user fails alone: {:?}",
+        results[1]
+    );
+    assert_eq!(saved_post(&results[2]), Ok((ada, "Also kept".to_owned())));
 }
 
 /// A write for a batch that inserts a user or panics.

@@ -16,9 +16,10 @@ use crate::helpers::{Backend, TestApp};
 /// Concurrent creates in one burst.
 const BURST: usize = 300;
 
-async fn total_users(app: &TestApp) -> i64 {
+/// Returns the `total` of a listing, such as `users` or `posts`.
+async fn total(app: &TestApp, collection: &str) -> i64 {
     let page: Value = app
-        .get("/api/v1/users?limit=1")
+        .get(&format!("/api/v1/{collection}?limit=1"))
         .send()
         .await
         .unwrap()
@@ -62,7 +63,7 @@ async fn burst_creates_match_rows(backend: Backend) {
     }
 
     assert_eq!(
-        total_users(&app).await,
+        total(&app, "users").await,
         created,
         "rows stored equal 201 answers"
     );
@@ -103,7 +104,7 @@ async fn healthz_answers_while_sqlite_locked() {
     locker.batch_execute("ROLLBACK").unwrap();
     let create = create.await.unwrap().unwrap();
     let status = create.status().as_u16();
-    let stored = total_users(&app).await;
+    let stored = total(&app, "users").await;
     match status {
         201 => assert_eq!(stored, 1, "an acknowledged create is stored"),
         503 => assert_eq!(stored, 0, "a create answered 503 is not stored"),
@@ -116,7 +117,83 @@ crate::on_both_backends!(
     burst_creates_match_rows,
     metrics_count_panics_and_restarts,
     duplicate_creates_in_batches_conflict_alone,
+    concurrent_posts_go_in_batches,
 );
+
+/// Thirty concurrent post creates for three users, ten of them for a user
+/// deleted meanwhile: the others are stored, each answered with its own post,
+/// and every create went through a batch.
+async fn concurrent_posts_go_in_batches(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let mut users = Vec::new();
+    for n in 0..3 {
+        let body = json!({ "name": "Author", "email": format!("author{n}@example.com") });
+        let created: Value = app
+            .post_json("/api/v1/users", &body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        users.push(created["id"].as_i64().unwrap());
+    }
+    let deleted = users[2];
+    let gone = app
+        .client
+        .delete(app.url(&format!("/api/v1/users/{deleted}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 204);
+
+    let mut requests = JoinSet::new();
+    for n in 0..30 {
+        let user = users[n % 3];
+        let title = format!("Post {n}");
+        let request = app.post_json(
+            &format!("/api/v1/users/{user}/posts"),
+            &json!({ "title": title, "content": "Body" }),
+        );
+        requests.spawn(async move { (user, title, request.send().await) });
+    }
+    let mut stored = 0;
+    while let Some(joined) = requests.join_next().await {
+        let (user, title, response) = joined.unwrap();
+        let response = response.unwrap();
+        if user == deleted {
+            assert_eq!(
+                response.status(),
+                404,
+                "a post for the deleted user gets 404"
+            );
+            continue;
+        }
+        assert_eq!(response.status(), 201, "a post for a live user is created");
+        let post: Value = response.json().await.unwrap();
+        assert_eq!(post["user_id"], user, "the post belongs to its user");
+        assert_eq!(
+            post["title"],
+            title.as_str(),
+            "the reply is this create's post"
+        );
+        stored += 1;
+    }
+
+    assert_eq!(
+        total(&app, "posts").await,
+        stored,
+        "every 201 is a stored post"
+    );
+    assert_eq!(
+        metric(&app, "troupe_batched_writes_total{writes=\"posts\"}").await,
+        30.0,
+        "every post create went through a batch"
+    );
+    app.stop().await;
+}
 
 /// Forty concurrent creates, four spellings of each of ten emails. Whatever
 /// batches they share, each email is created once and its other three
@@ -153,13 +230,13 @@ async fn duplicate_creates_in_batches_conflict_alone(backend: Backend) {
 
     assert_eq!(created, 10, "each email is created once");
     assert_eq!(conflicts, 30, "every other spelling gets 409");
-    assert_eq!(total_users(&app).await, 10, "one row per email");
+    assert_eq!(total(&app, "users").await, 10, "one row per email");
     assert_eq!(
-        metric(&app, "troupe_user_store_batched_writes_total").await,
+        metric(&app, "troupe_batched_writes_total{writes=\"users\"}").await,
         40.0,
         "every create went through a batch"
     );
-    let batches = metric(&app, "troupe_user_store_write_batches_total").await;
+    let batches = metric(&app, "troupe_write_batches_total{writes=\"users\"}").await;
     assert!(
         (1.0..=40.0).contains(&batches),
         "40 writes took between 1 and 40 batches, not {batches}"
@@ -204,12 +281,12 @@ async fn writes_behind_a_batch_commit_together() {
         );
     }
     assert_eq!(
-        total_users(&app).await,
+        total(&app, "users").await,
         WRITES as i64,
         "every create is stored"
     );
     assert_eq!(
-        metric(&app, "troupe_user_store_write_batches_total").await,
+        metric(&app, "troupe_write_batches_total{writes=\"users\"}").await,
         2.0,
         "the first create waited alone, the others shared the next batch"
     );
@@ -303,7 +380,7 @@ async fn full_queue_rejects_with_503() {
         "the first create answered {first}"
     );
     assert_eq!(
-        total_users(&app).await,
+        total(&app, "users").await,
         expected_rows,
         "only an acknowledged create is stored"
     );
@@ -370,7 +447,7 @@ async fn expired_requests_are_skipped() {
     );
     lock.release();
     assert_eq!(
-        total_users(&app).await,
+        total(&app, "users").await,
         0,
         "no create behind the lock is stored"
     );
@@ -434,7 +511,7 @@ async fn postgres_table_lock_gives_503() {
         "a late create is skipped: {codes:?}"
     );
     assert_eq!(
-        total_users(&app).await,
+        total(&app, "users").await,
         0,
         "no create behind the lock is stored"
     );

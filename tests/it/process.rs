@@ -408,7 +408,9 @@ async fn actor_logs_carry_request_id() {
     let from_worker: Vec<_> = events_of(&events, "traced-create")
         .into_iter()
         .filter(|e| {
-            e["target"] == "troupe::actors::db_worker" || e["target"] == "troupe::actors::batch"
+            e["target"].as_str().is_some_and(|target| {
+                target == "troupe::actors::db_worker" || target.starts_with("troupe::actors::batch")
+            })
         })
         .collect();
     assert!(

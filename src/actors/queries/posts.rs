@@ -84,3 +84,53 @@ impl DbQuery for Delete {
         db::posts::delete(conn, self.id, self.mode, self.if_match.as_ref(), now())
     }
 }
+
+/// Any post write, so that writes of different kinds can share a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    Insert(Insert),
+    Update(Update),
+    Delete(Delete),
+}
+
+/// The result of a `Write`, by kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    Saved(Post),
+    Deleted,
+}
+
+impl DbQuery for Write {
+    type Output = Written;
+    const NAME: &'static str = "posts.write";
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Insert(_) => Insert::NAME,
+            Self::Update(_) => Update::NAME,
+            Self::Delete(_) => Delete::NAME,
+        }
+    }
+
+    /// Creates run together as two statements: one that locks their users,
+    /// one that inserts the posts.
+    fn run_together(writes: &[&Self], conn: &mut DbConn) -> Option<Result<Vec<Written>, DbError>> {
+        let posts: Vec<(UserId, &NewPost)> = writes
+            .iter()
+            .map(|write| match write {
+                Self::Insert(insert) => Some((insert.user_id, &insert.post)),
+                _ => None,
+            })
+            .collect::<Option<_>>()?;
+        let created = db::posts::insert_many(conn, &posts, now());
+        Some(created.map(|created| created.into_iter().map(Written::Saved).collect()))
+    }
+
+    fn run(self, conn: &mut DbConn) -> Result<Written, DbError> {
+        match self {
+            Self::Insert(insert) => insert.run(conn).map(Written::Saved),
+            Self::Update(update) => update.run(conn).map(Written::Saved),
+            Self::Delete(delete) => delete.run(conn).map(|()| Written::Deleted),
+        }
+    }
+}

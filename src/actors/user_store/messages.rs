@@ -2,8 +2,7 @@
 
 use actix::prelude::*;
 
-use crate::actors::queries::users;
-use crate::actors::{ActorError, Query, RequestCtx, Ticket, WriteReply};
+use crate::actors::{ActorError, RequestCtx};
 use crate::domain::{
     DeleteMode, IfMatch, NewUser, Page, PageRequest, User, UserFields, UserFilter, UserId,
     UserPatch, UserSort, UserWithPosts,
@@ -61,17 +60,3 @@ store_message!(
 pub(super) struct WriteFinished {
     pub(super) id: UserId,
 }
-
-/// Queues a write that had to wait for its place in the database queue.
-#[derive(Message)]
-#[rtype(result = "WriteReply<users::Write>")]
-pub(super) struct Enqueue {
-    pub(super) query: Query<users::Write>,
-    pub(super) ticket: Ticket,
-}
-
-/// Sent by the task that sent a batch, once every write of it has its
-/// result, so the store can send the next batch.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub(super) struct BatchAnswered;

@@ -14,18 +14,17 @@ use actix::fut::{self, ActorFutureExt, WrapFuture};
 use actix::prelude::*;
 use lru::LruCache;
 
-use messages::{BatchAnswered, Enqueue, WriteFinished};
+use messages::WriteFinished;
 pub use messages::{
     CreateUser, DeleteUser, GetUser, GetUserWithPosts, ListUsers, PatchUser, ReplaceUser,
 };
 use port::send_admitted;
 pub use port::{UserDb, UserQueryHandler};
 
-use super::batch::reply_lost;
 use super::queries::users::{self, Written};
 use super::{
-    panic_message, ActorError, Escalation, Query, RequestCtx, RestartDecision, RestartPolicy,
-    RestartTracker, WriteQueue,
+    panic_message, ActorError, BatchAnswered, BatchStats, Enqueue, Escalation, Query, RequestCtx,
+    RestartDecision, RestartPolicy, RestartTracker, WriteQueue,
 };
 use crate::domain::{Page, User, UserId, UserWithPosts};
 
@@ -39,10 +38,8 @@ pub const DEFAULT_MAX_BATCH: usize = 64;
 pub struct StoreStats {
     pub restarts: AtomicU64,
     pub panics: AtomicU64,
-    /// Batches of writes sent to the database.
-    pub write_batches: AtomicU64,
-    /// Writes sent in those batches.
-    pub batched_writes: AtomicU64,
+    /// The batches of user writes.
+    pub writes: BatchStats,
 }
 
 /// The owner of user state. Every user operation passes through it. It runs
@@ -148,10 +145,8 @@ impl UserStore {
     /// Queues a write for the next batch and evicts `id` around it. The
     /// write waits for a place in the database queue first: at once when
     /// one is free, otherwise in the reply future, within the queue's wait.
-    ///
-    /// The reply future does not belong to the actor's context, and the
-    /// batch is sent from a task of its own, so a restart of the store
-    /// cannot cut off the reply of a write that the database has committed.
+    /// The reply future does not belong to the actor's context, so a
+    /// restart of the store cannot cut off the reply of a committed write.
     fn write(
         &mut self,
         ctx: &mut Context<Self>,
@@ -162,29 +157,13 @@ impl UserStore {
         if let Some(id) = id {
             self.evict(id);
         }
-        let query = Query::new(request, write);
-        let queued = match self.db.admission.try_admit() {
-            Some(ticket) => {
-                let reply = self.writes.push(query, ticket);
-                self.flush(ctx);
-                Ok(reply)
-            }
-            None => Err((self.db.admission.clone(), query)),
-        };
+        let queued = self
+            .writes
+            .admit(&self.db.admission, Query::new(request, write));
+        self.flush(ctx);
         let store = ctx.address();
         Box::pin(async move {
-            let reply = match queued {
-                Ok(reply) => reply,
-                Err((admission, query)) => {
-                    if query.ctx.is_expired() {
-                        return Err(ActorError::DeadlineExceeded);
-                    }
-                    let ticket = admission.admit().await?;
-                    let queued = store.send(Enqueue { query, ticket }).await;
-                    ActorError::flatten(ACTOR, queued.map(Ok))?
-                }
-            };
-            let result = reply.await.unwrap_or_else(|_| Err(reply_lost()));
+            let result = queued.result(store.clone()).await;
             if let Some(id) = id {
                 // If the store is restarting it has dropped its cache anyway.
                 let _ = store.send(WriteFinished { id }).await;
@@ -193,21 +172,9 @@ impl UserStore {
         })
     }
 
-    /// Sends the next batch of writes unless one is in the database.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        let Some(batch) = self.writes.next_batch() else {
-            return;
-        };
-        self.stats.write_batches.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .batched_writes
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let writer = self.db.write.clone();
-        let store = ctx.address();
-        actix::spawn(async move {
-            batch.send(writer).await;
-            store.do_send(BatchAnswered);
-        });
+        self.writes
+            .flush(&self.db.write, ctx.address(), &self.stats.writes);
     }
 }
 
@@ -360,10 +327,10 @@ forward_read!(
     Page<User>
 );
 
-impl Handler<Enqueue> for UserStore {
-    type Result = MessageResult<Enqueue>;
+impl Handler<Enqueue<users::Write>> for UserStore {
+    type Result = MessageResult<Enqueue<users::Write>>;
 
-    fn handle(&mut self, message: Enqueue, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, message: Enqueue<users::Write>, ctx: &mut Context<Self>) -> Self::Result {
         let reply = self.writes.push(message.query, message.ticket);
         self.flush(ctx);
         MessageResult(reply)

@@ -1,0 +1,138 @@
+//! The run of a batch's writes in a `DbWorker`.
+
+use std::time::Instant;
+
+use crate::actors::{ActorError, DbQuery, RequestCtx};
+use crate::db::{self, DbConn, DbError};
+
+/// A write of a batch whose deadline had not passed when the batch started.
+pub(in crate::actors) struct LiveWrite<Q> {
+    /// The write's place in its batch.
+    pub(in crate::actors) index: usize,
+    pub(in crate::actors) ctx: RequestCtx,
+    pub(in crate::actors) query: Q,
+}
+
+/// The results of a batch's live writes, each with its place in the batch.
+type Outputs<T> = Vec<(usize, Result<T, ActorError>)>;
+
+/// Runs the live writes of a batch in one write transaction and commits it.
+///
+/// The writes first run straight in the transaction, together when the
+/// query type can do that (`DbQuery::run_together`, such as one `INSERT`
+/// for many users). That is the common case and costs one round trip per
+/// statement. A write can also fail on its own: a conflict, a failed
+/// precondition or a missing user. Then everything is rolled back and the
+/// writes run once more one by one, each in its own savepoint, so only the
+/// failed one is undone. An error that breaks the connection fails the
+/// whole batch.
+pub(in crate::actors) fn run_live<Q: DbQuery + Clone>(
+    conn: &mut DbConn,
+    live: Vec<LiveWrite<Q>>,
+) -> Result<Outputs<Q::Output>, DbError> {
+    let size = live.len();
+    let flat = conn.write_transaction(|conn| {
+        db::without_savepoints(|| {
+            if size > 1 {
+                let queries: Vec<&Q> = live.iter().map(|write| &write.query).collect();
+                let started = Instant::now();
+                if let Some(together) = Q::run_together(&queries, conn) {
+                    return match together {
+                        Ok(outputs) if outputs.len() == size => {
+                            Ok(ran_together(&live, outputs, started))
+                        }
+                        Err(error) if error.breaks_connection() => Err(Flat::Broken(error)),
+                        Ok(_) | Err(_) => Err(Flat::WriteFailed(None)),
+                    };
+                }
+            }
+            let mut outputs = Vec::with_capacity(size);
+            for write in &live {
+                match run_one(conn, write.query.clone(), &write.ctx, size) {
+                    Ok(output) => outputs.push((write.index, Ok(output))),
+                    Err(error) if error.breaks_connection() => return Err(Flat::Broken(error)),
+                    Err(error) => return Err(Flat::WriteFailed(Some((write.index, error)))),
+                }
+            }
+            Ok(outputs)
+        })
+    });
+    match flat {
+        Ok(outputs) => Ok(outputs),
+        Err(Flat::Broken(error)) => Err(error),
+        // Alone in its batch, the failed write's rollback was its own.
+        Err(Flat::WriteFailed(Some((index, error)))) if size == 1 => {
+            Ok(vec![(index, Err(ActorError::Db(error)))])
+        }
+        Err(Flat::WriteFailed(..)) => conn.write_transaction(|conn| {
+            let mut outputs = Vec::with_capacity(size);
+            for write in live {
+                match run_one(conn, write.query, &write.ctx, size) {
+                    Ok(output) => outputs.push((write.index, Ok(output))),
+                    Err(error) if error.breaks_connection() => return Err(error),
+                    Err(error) => outputs.push((write.index, Err(ActorError::Db(error)))),
+                }
+            }
+            Ok(outputs)
+        }),
+    }
+}
+
+/// The cause of the rollback of a batch that ran without savepoints.
+enum Flat {
+    /// The transaction failed as a whole.
+    Broken(DbError),
+    /// A write failed on its own: the one at this place in the batch, with
+    /// its error, or one of the writes that ran together.
+    WriteFailed(Option<(usize, DbError)>),
+}
+
+impl From<DbError> for Flat {
+    fn from(error: DbError) -> Self {
+        Self::Broken(error)
+    }
+}
+
+/// Pairs the outputs of writes that ran together with their places in the
+/// batch, and logs each under its request's span.
+fn ran_together<Q: DbQuery>(
+    live: &[LiveWrite<Q>],
+    outputs: Vec<Q::Output>,
+    started: Instant,
+) -> Outputs<Q::Output> {
+    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    live.iter()
+        .zip(outputs)
+        .map(|(write, output)| {
+            let _entered = write.ctx.span.enter();
+            tracing::debug!(
+                db.op = write.query.name(),
+                duration_ms,
+                batch.size = live.len(),
+                "write ran together with its batch"
+            );
+            (write.index, Ok(output))
+        })
+        .collect()
+}
+
+/// Runs one write of a batch under its request's span.
+fn run_one<Q: DbQuery>(
+    conn: &mut DbConn,
+    query: Q,
+    ctx: &RequestCtx,
+    batch_size: usize,
+) -> Result<Q::Output, DbError> {
+    let _entered = ctx.span.enter();
+    let name = query.name();
+    let started = Instant::now();
+    let result = query.run(conn);
+    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    tracing::debug!(
+        db.op = name,
+        duration_ms,
+        batch.size = batch_size,
+        "write ran in a batch"
+    );
+    result
+}
