@@ -192,7 +192,8 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub client_timeout_ms: u64,
 
-    /// Users kept in the user-store cache; 0 turns the cache off.
+    /// Users kept in the user-store cache and in each HTTP worker's cache
+    /// replica; 0 turns both off.
     #[arg(long, env = "TROUPE_CACHE_CAPACITY", default_value_t = DEFAULT_CACHE_CAPACITY)]
     pub cache_capacity: usize,
 

@@ -16,8 +16,8 @@ use tokio::sync::watch;
 
 use crate::actors::queries::posts;
 use crate::actors::{
-    Admission, BatchStats, DbWorker, Escalation, RestartPolicy, StoreStats, UserDb, UserStore,
-    WorkerStats, WriteBatcher,
+    Admission, BatchStats, CacheReplica, DbWorker, Escalation, RestartPolicy, StoreStats, UserDb,
+    UserStore, WorkerStats, WriteBatcher,
 };
 use crate::config::Settings;
 use crate::db::migrations::{self, MigrationError};
@@ -232,9 +232,15 @@ impl Application {
             body_limit: settings.body_limit,
             client_timeout: settings.client_timeout,
         });
+        let cache_capacity = settings.cache_capacity;
         let mut server = HttpServer::new(move || {
+            // Each HTTP worker thread builds its app here, so each gets a
+            // cache replica of its own, on its own thread.
+            let replica = cache_capacity
+                .map(|capacity| CacheReplica::new(state.store.clone(), capacity).start());
             App::new()
                 .app_data(state.clone())
+                .app_data(replica)
                 .wrap(from_fn(http::request_context))
                 .configure(http::routes)
         });

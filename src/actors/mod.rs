@@ -30,6 +30,6 @@ pub use supervision::{Escalation, RestartDecision, RestartPolicy, RestartTracker
 #[cfg(feature = "test-hooks")]
 pub use user_store::InjectPanic;
 pub use user_store::{
-    CreateUser, DeleteUser, GetUser, GetUserWithPosts, ListUsers, PatchUser, ReplaceUser,
-    StoreStats, UserDb, UserQueryHandler, UserStore,
+    AddReplica, CacheReplica, CreateUser, DeleteUser, EvictReplica, GetUser, GetUserWithPosts,
+    ListUsers, PatchUser, ReplaceUser, StoreStats, UserDb, UserQueryHandler, UserStore,
 };

@@ -1,6 +1,7 @@
 //! `/api/v1/users` handlers: decode and validate, send one message to the
 //! user store, render the reply.
 
+use actix::Addr;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Deserializer};
@@ -12,8 +13,8 @@ use super::problem::ApiError;
 use super::representation::{page_response, with_etag, UserBody};
 use super::AppState;
 use crate::actors::{
-    ActorError, CreateUser, DeleteUser, GetUser, GetUserWithPosts, ListUsers, PatchUser,
-    ReplaceUser, RequestCtx,
+    ActorError, CacheReplica, CreateUser, DeleteUser, GetUser, GetUserWithPosts, ListUsers,
+    PatchUser, ReplaceUser, RequestCtx,
 };
 use crate::domain::{
     entity_tag, Age, DeleteMode, Email, FieldError, NewUser, User, UserFields, UserFilter, UserId,
@@ -189,6 +190,22 @@ where
     ActorError::flatten("user_store", delivery).map_err(ApiError::from)
 }
 
+/// Reads a user through this worker thread's cache replica, or through
+/// the user store when the cache is off.
+async fn read_cached(
+    request: &HttpRequest,
+    state: &AppState,
+    message: GetUser,
+) -> Result<User, ApiError> {
+    match request.app_data::<Option<Addr<CacheReplica>>>() {
+        Some(Some(replica)) => {
+            let delivery = replica.send(message).await;
+            ActorError::flatten("cache_replica", delivery).map_err(ApiError::from)
+        }
+        _ => ask(state, message).await,
+    }
+}
+
 fn user_response(mut builder: actix_web::HttpResponseBuilder, user: &User) -> HttpResponse {
     builder = with_etag(builder, user.version);
     builder.json(UserBody::from(user))
@@ -275,7 +292,7 @@ pub async fn get(
         }
     }
 
-    let user = ask(&state, GetUser { ctx, id }).await?;
+    let user = read_cached(&request, &state, GetUser { ctx, id }).await?;
 
     if if_none_match(&request, &entity_tag(user.version)) {
         return Ok(with_etag(HttpResponse::NotModified(), user.version).finish());

@@ -16,8 +16,8 @@ use futures_util::future::{join_all, BoxFuture};
 use tokio::sync::oneshot;
 use troupe::actors::queries::{posts, users};
 use troupe::actors::{
-    ActorError, Batch, CreateUser, DbQuery, DbWorker, DeleteUser, Escalation, GetUser,
-    GetUserWithPosts, InjectPanic, PatchUser, Query, ReplaceUser, RequestCtx, RequestId,
+    ActorError, Batch, CacheReplica, CreateUser, DbQuery, DbWorker, DeleteUser, Escalation,
+    GetUser, GetUserWithPosts, InjectPanic, PatchUser, Query, ReplaceUser, RequestCtx, RequestId,
     RestartPolicy, StoreStats, UserDb, UserStore, WorkerStats,
 };
 use troupe::db::{DbConn, DbError, DbPool, PoolSettings};
@@ -1944,4 +1944,112 @@ async fn store_batch_failure_reaches_every_write() {
             "a write of the next batch succeeds: {reply:?}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// Cache replicas
+// ---------------------------------------------------------------------------
+
+async fn get_via(replica: &Addr<CacheReplica>, id: UserId) -> Result<User, ActorError> {
+    ActorError::flatten(
+        "cache_replica",
+        replica.send(GetUser { ctx: ctx(), id }).await,
+    )
+}
+
+fn replica_of(store: &Addr<UserStore>) -> Addr<CacheReplica> {
+    CacheReplica::new(store.clone(), NonZeroUsize::new(8).unwrap()).start()
+}
+
+#[actix::test]
+async fn replica_serves_repeat_reads_itself() {
+    let (store, _recorder, script) = recorded_store(8);
+    let ada = user(7, "Ada", "ada@example.com");
+    script
+        .replies()
+        .find
+        .push_back(Reply::Ready(Ok(ada.clone())));
+    let replica = replica_of(&store);
+
+    let first = get_via(&replica, id(7)).await;
+    let second = get_via(&replica, id(7)).await;
+
+    assert_eq!(first.unwrap(), ada, "the first read comes from the store");
+    assert_eq!(second.unwrap(), ada, "the second read is the same user");
+    assert_eq!(script.finds(), vec![id(7)], "the database is asked once");
+}
+
+#[actix::test]
+async fn replica_evicted_before_write_reply() {
+    let (store, _recorder, script) = recorded_store(8);
+    let ada = user(7, "Ada", "ada@example.com");
+    let renamed = User {
+        name: "Ada King".into(),
+        version: 2,
+        ..ada.clone()
+    };
+    {
+        let mut replies = script.replies();
+        replies.find.push_back(Reply::Ready(Ok(ada.clone())));
+        replies.update.push_back(Reply::Ready(Ok(renamed.clone())));
+        replies.find.push_back(Reply::Ready(Ok(renamed.clone())));
+    }
+    let replica = replica_of(&store);
+    get_via(&replica, id(7)).await.unwrap();
+
+    patch(&store, id(7), rename("Ada King")).await.unwrap();
+    let after = get_via(&replica, id(7)).await;
+
+    assert_eq!(
+        after.unwrap(),
+        renamed,
+        "a read after the patch's reply sees the patch"
+    );
+    assert_eq!(
+        script.finds(),
+        vec![id(7), id(7)],
+        "the replica asked again after the patch"
+    );
+}
+
+#[actix::test]
+async fn replica_drops_answer_older_than_eviction() {
+    let (store, _recorder, script) = recorded_store(8);
+    let ada = user(7, "Ada", "ada@example.com");
+    let renamed = User {
+        name: "Ada King".into(),
+        version: 2,
+        ..ada.clone()
+    };
+    let (release_old, old_reply) = oneshot::channel();
+    {
+        let mut replies = script.replies();
+        replies.find.push_back(Reply::Held(old_reply));
+        replies.update.push_back(Reply::Ready(Ok(renamed.clone())));
+        replies.find.push_back(Reply::Ready(Ok(renamed.clone())));
+    }
+    let replica = replica_of(&store);
+
+    let slow = {
+        let replica = replica.clone();
+        actix::spawn(async move { get_via(&replica, id(7)).await })
+    };
+    for _ in 0..100_000 {
+        if !script.finds().is_empty() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    patch(&store, id(7), rename("Ada King")).await.unwrap();
+    release_old.send(Ok(ada.clone())).unwrap();
+    let slow = slow.await.unwrap();
+    let after = get_via(&replica, id(7)).await;
+
+    assert_eq!(slow.unwrap(), ada, "the slow read returns what it read");
+    assert_eq!(
+        after.unwrap(),
+        renamed,
+        "the replica did not keep the answer that predates the patch"
+    );
+    assert_eq!(script.finds().len(), 2, "the later read asked again");
 }

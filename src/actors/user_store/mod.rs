@@ -3,6 +3,7 @@
 
 mod messages;
 mod port;
+mod replica;
 
 use std::num::NonZeroUsize;
 use std::panic::{self, AssertUnwindSafe};
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use actix::fut::{self, ActorFutureExt, WrapFuture};
 use actix::prelude::*;
+use futures_util::future::join_all;
 use lru::LruCache;
 
 use messages::WriteFinished;
@@ -20,6 +22,7 @@ pub use messages::{
 };
 use port::send_admitted;
 pub use port::{UserDb, UserQueryHandler};
+pub use replica::{AddReplica, CacheReplica, EvictReplica};
 
 use super::queries::users::{self, Written};
 use super::{
@@ -67,6 +70,9 @@ pub struct UserStore {
     /// Writes waiting for the next batch. They are requests, not state, so
     /// they stay queued across a restart.
     writes: WriteQueue<users::Write>,
+    /// The cache replicas on the HTTP worker threads, which every write
+    /// evicts from before its reply. Kept across restarts.
+    replicas: Vec<Recipient<EvictReplica>>,
 }
 
 impl UserStore {
@@ -82,6 +88,7 @@ impl UserStore {
             backoff: None,
             caching: true,
             writes: WriteQueue::new(DEFAULT_MAX_BATCH, 1),
+            replicas: Vec::new(),
         }
     }
 
@@ -248,11 +255,30 @@ impl Handler<InjectPanic> for UserStore {
     }
 }
 
+/// Evicts the user here and in every replica; the reply waits for the
+/// replicas, so the write's client cannot read the old user from one.
 impl Handler<WriteFinished> for UserStore {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, message: WriteFinished, _: &mut Context<Self>) -> Self::Result {
+        self.evict(message.id);
+        let evictions: Vec<_> = self
+            .replicas
+            .iter()
+            .map(|replica| replica.send(EvictReplica { id: message.id }))
+            .collect();
+        Box::pin(async move {
+            // A replica that is gone has nothing left to serve.
+            join_all(evictions).await;
+        })
+    }
+}
+
+impl Handler<AddReplica> for UserStore {
     type Result = ();
 
-    fn handle(&mut self, message: WriteFinished, _: &mut Context<Self>) {
-        self.evict(message.id);
+    fn handle(&mut self, AddReplica(replica): AddReplica, _: &mut Context<Self>) {
+        self.replicas.push(replica);
     }
 }
 
