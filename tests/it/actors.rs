@@ -1957,6 +1957,17 @@ async fn get_via(replica: &Addr<CacheReplica>, id: UserId) -> Result<User, Actor
     )
 }
 
+/// Returns user 7 and the same user after a rename to "Ada King".
+fn ada_and_renamed() -> (User, User) {
+    let ada = user(7, "Ada", "ada@example.com");
+    let renamed = User {
+        name: "Ada King".into(),
+        version: 2,
+        ..ada.clone()
+    };
+    (ada, renamed)
+}
+
 fn replica_of(store: &Addr<UserStore>) -> Addr<CacheReplica> {
     CacheReplica::new(store.clone(), NonZeroUsize::new(8).unwrap()).start()
 }
@@ -1982,12 +1993,7 @@ async fn replica_serves_repeat_reads_itself() {
 #[actix::test]
 async fn replica_evicted_before_write_reply() {
     let (store, _recorder, script) = recorded_store(8);
-    let ada = user(7, "Ada", "ada@example.com");
-    let renamed = User {
-        name: "Ada King".into(),
-        version: 2,
-        ..ada.clone()
-    };
+    let (ada, renamed) = ada_and_renamed();
     {
         let mut replies = script.replies();
         replies.find.push_back(Reply::Ready(Ok(ada.clone())));
@@ -2015,12 +2021,7 @@ async fn replica_evicted_before_write_reply() {
 #[actix::test]
 async fn replica_drops_answer_older_than_eviction() {
     let (store, _recorder, script) = recorded_store(8);
-    let ada = user(7, "Ada", "ada@example.com");
-    let renamed = User {
-        name: "Ada King".into(),
-        version: 2,
-        ..ada.clone()
-    };
+    let (ada, renamed) = ada_and_renamed();
     let (release_old, old_reply) = oneshot::channel();
     {
         let mut replies = script.replies();

@@ -12,12 +12,12 @@ use crate::actors::ActorError;
 use crate::domain::{User, UserId};
 
 /// A cache of users on the thread of the HTTP handlers that read it, so a
-/// cache hit costs no hop to another thread. A miss asks the `UserStore`
-/// and keeps its answer.
+/// cache hit costs no hop to another thread. A miss sends the read to the
+/// `UserStore` and keeps the user it returns.
 ///
 /// The store keeps every replica coherent: before a write's client gets
 /// its reply, the store has every replica evict the written user and waits
-/// for them (`EvictReplica`). An answer that arrives after an eviction that
+/// for them (`EvictReplica`). A user that arrives after an eviction that
 /// followed its request is returned but not kept (`generation` counts
 /// evictions), as in the store.
 pub struct CacheReplica {
@@ -44,7 +44,7 @@ impl Actor for CacheReplica {
     type Context = Context<Self>;
 
     /// Registers with the store before handling any message, so the first
-    /// answer can already be kept.
+    /// user read can already be kept.
     fn started(&mut self, ctx: &mut Context<Self>) {
         let register = self.store.send(AddReplica(ctx.address().recipient()));
         ctx.wait(register.into_actor(self).map(|added, replica, _| {
