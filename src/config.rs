@@ -14,6 +14,7 @@
 //! | `TROUPE_DB_QUEUE_CAPACITY` | 256 | requests admitted to the database at once |
 //! | `TROUPE_DB_QUEUE_WAIT_MS` | 100 | wait for admission before a 503 |
 //! | `TROUPE_SHUTDOWN_TIMEOUT_SECS` | 30 | time in-flight requests get at shutdown |
+//! | `TROUPE_SHUTDOWN_DELAY_MS` | 0 | time between readiness off and closing the listener |
 //! | `TROUPE_BODY_LIMIT_BYTES` | 65536 | largest accepted request body |
 //! | `TROUPE_CLIENT_TIMEOUT_MS` | 5000 | time to send the headers, then the body |
 //! | `TROUPE_CACHE_CAPACITY` | 10000 | users kept in the user-store cache; 0 turns it off |
@@ -42,6 +43,7 @@ pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_DB_QUEUE_CAPACITY: u32 = 256;
 pub const DEFAULT_DB_QUEUE_WAIT_MS: u64 = 100;
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 30;
+pub const DEFAULT_SHUTDOWN_DELAY_MS: u64 = 0;
 pub const DEFAULT_BODY_LIMIT_BYTES: u64 = 64 * 1024;
 pub const DEFAULT_CLIENT_TIMEOUT_MS: u64 = 5000;
 pub const DEFAULT_CACHE_CAPACITY: usize = 10_000;
@@ -181,6 +183,13 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub shutdown_timeout_secs: u64,
 
+    /// Milliseconds between SIGTERM or SIGINT turning readiness off and the
+    /// listener closing; requests keep being served meanwhile, so a load
+    /// balancer that polls /readyz can take the instance out first.
+    #[arg(long, env = "TROUPE_SHUTDOWN_DELAY_MS", default_value_t = DEFAULT_SHUTDOWN_DELAY_MS,
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub shutdown_delay_ms: u64,
+
     /// Largest request body in bytes; larger bodies get 413.
     #[arg(long, env = "TROUPE_BODY_LIMIT_BYTES", default_value_t = DEFAULT_BODY_LIMIT_BYTES,
           value_parser = clap::value_parser!(u64).range(1..=67_108_864))]
@@ -223,6 +232,7 @@ impl Default for ServeArgs {
             db_queue_capacity: DEFAULT_DB_QUEUE_CAPACITY,
             db_queue_wait_ms: DEFAULT_DB_QUEUE_WAIT_MS,
             shutdown_timeout_secs: DEFAULT_SHUTDOWN_TIMEOUT_SECS,
+            shutdown_delay_ms: DEFAULT_SHUTDOWN_DELAY_MS,
             body_limit_bytes: DEFAULT_BODY_LIMIT_BYTES,
             client_timeout_ms: DEFAULT_CLIENT_TIMEOUT_MS,
             cache_capacity: DEFAULT_CACHE_CAPACITY,
@@ -242,6 +252,7 @@ pub struct Settings {
     pub request_timeout: Duration,
     pub queue: QueueSettings,
     pub shutdown_timeout: Duration,
+    pub shutdown_delay: Duration,
     pub body_limit: usize,
     pub client_timeout: Duration,
     /// `None` turns the user-store cache off.
@@ -322,6 +333,7 @@ impl Settings {
                 wait: Duration::from_millis(serve.db_queue_wait_ms),
             },
             shutdown_timeout: Duration::from_secs(serve.shutdown_timeout_secs),
+            shutdown_delay: Duration::from_millis(serve.shutdown_delay_ms),
             body_limit: serve.body_limit_bytes as usize,
             client_timeout: Duration::from_millis(serve.client_timeout_ms),
             cache_capacity: NonZeroUsize::new(serve.cache_capacity),

@@ -149,6 +149,8 @@ pub struct Application {
     /// Tells in-flight requests that the shutdown timeout has passed.
     cut_off: watch::Sender<bool>,
     shutdown_timeout: Duration,
+    /// Time between readiness turning off and the listener closing.
+    shutdown_delay: Duration,
 }
 
 impl Application {
@@ -276,6 +278,7 @@ impl Application {
             escalation,
             cut_off,
             shutdown_timeout: settings.shutdown_timeout,
+            shutdown_delay: settings.shutdown_delay,
         })
     }
 
@@ -308,14 +311,23 @@ impl Application {
         let shutting_down = Arc::clone(&self.shutting_down);
         let cut_off = self.cut_off.clone();
         let timeout = self.shutdown_timeout;
+        let delay = self.shutdown_delay;
         let on_signal = actix_web::rt::spawn(async move {
             let signal = signals.recv().await;
+            shutting_down.store(true, Ordering::SeqCst);
+            if !delay.is_zero() {
+                tracing::info!(
+                    signal,
+                    delay_ms = delay.as_millis() as u64,
+                    "shutting down: readiness is off, still serving until the delay ends"
+                );
+                actix_web::rt::time::sleep(delay).await;
+            }
             tracing::info!(
                 signal,
                 timeout_secs = timeout.as_secs(),
-                "shutting down: readiness is off, in-flight requests are finishing"
+                "shutting down: stopped accepting, in-flight requests are finishing"
             );
-            shutting_down.store(true, Ordering::SeqCst);
             actix_web::rt::spawn(async move {
                 actix_web::rt::time::sleep(timeout).await;
                 let _ = cut_off.send(true);

@@ -314,6 +314,65 @@ async fn server_error_logged_once() {
     );
 }
 
+/// With a shutdown delay, SIGTERM turns readiness off at once while the
+/// server still serves requests, health checks and writes alike; after the
+/// delay it stops and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_delay_turns_readiness_off_first() {
+    let Some(db) = TestDb::create(Backend::Sqlite) else {
+        return;
+    };
+    let server = Server::start(&db.url, &["--shutdown-delay-ms", "3000"]);
+    let client = reqwest::Client::new();
+    let before = client.get(server.url("/readyz")).send().await.unwrap();
+    assert_eq!(before.status(), 200, "ready before the signal");
+
+    server.signal("TERM");
+    // Polls until the signal has been handled; bounded, so that a server
+    // that never turns readiness off fails the test.
+    let mut not_ready = None;
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < deadline {
+        let response = client.get(server.url("/readyz")).send().await.unwrap();
+        if response.status() == 503 {
+            not_ready = Some(response);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let not_ready = not_ready.expect("/readyz turns 503 after SIGTERM");
+    let body: Value = not_ready.json().await.unwrap();
+    let health = client.get(server.url("/healthz")).send().await.unwrap();
+    let created = client
+        .post(server.url("/api/v1/users"))
+        .json(&json!({ "name": "Late Writer", "email": "late@example.com" }))
+        .send()
+        .await
+        .unwrap();
+    let (status, events) = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap();
+
+    assert_eq!(body["code"], "not_ready", "the 503 says why: {body}");
+    assert_eq!(health.status(), 200, "liveness stays 200 during the delay");
+    assert_eq!(
+        created.status(),
+        201,
+        "writes are still served during the delay"
+    );
+    assert!(status.success(), "troupe exits 0 after the delay: {status}");
+    assert!(
+        events.iter().any(|e| e["message"]
+            == "shutting down: readiness is off, still serving until the delay ends"),
+        "the delay is logged"
+    );
+    assert_eq!(
+        stored_ids(&db.url, &[1]),
+        vec![1],
+        "the write acknowledged during the delay is stored"
+    );
+}
+
 /// A request still running when the shutdown timeout ends is cut off and
 /// logged at warn level with its request id; the process still exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
