@@ -5,7 +5,7 @@
 //! | --- | --- | --- |
 //! | `TROUPE_BIND` | `127.0.0.1:8080` | HTTP listen address (port 0 picks a free port) |
 //! | `DATABASE_URL` | `./troupe.db` | SQLite file path, or a `postgres://` URL |
-//! | `TROUPE_DB_POOL_SIZE` | 4 | connections in the pool |
+//! | `TROUPE_DB_POOL_SIZE` | 5 | connections in the pool: one per worker and a spare |
 //! | `TROUPE_DB_WORKERS` | 4 | `DbWorker` threads, at most the pool size |
 //! | `TROUPE_DB_CONNECT_TIMEOUT_MS` | 5000 | wait for a pooled connection |
 //! | `TROUPE_SQLITE_BUSY_TIMEOUT_MS` | 5000 | SQLite wait for another writer |
@@ -15,6 +15,7 @@
 //! | `TROUPE_DB_QUEUE_WAIT_MS` | 100 | wait for admission before a 503 |
 //! | `TROUPE_SHUTDOWN_TIMEOUT_SECS` | 30 | time in-flight requests get at shutdown |
 //! | `TROUPE_SHUTDOWN_DELAY_MS` | 0 | time between readiness off and closing the listener |
+//! | `TROUPE_DB_WORKER_PING_BUDGET_MS` | 15000 | a worker that does not answer a ping in this time is replaced |
 //! | `TROUPE_BODY_LIMIT_BYTES` | 65536 | largest accepted request body |
 //! | `TROUPE_CLIENT_TIMEOUT_MS` | 5000 | time to send the headers, then the body |
 //! | `TROUPE_CACHE_CAPACITY` | 10000 | users kept in the user-store cache; 0 turns it off |
@@ -34,7 +35,7 @@ use crate::db::{DatabaseUrl, PoolSettings};
 pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
 const DEFAULT_PORT: u16 = 8080;
 pub const DEFAULT_DATABASE_URL: &str = "./troupe.db";
-pub const DEFAULT_DB_POOL_SIZE: u32 = 4;
+pub const DEFAULT_DB_POOL_SIZE: u32 = 5;
 pub const DEFAULT_DB_WORKERS: u32 = 4;
 pub const DEFAULT_DB_CONNECT_TIMEOUT_MS: u64 = 5000;
 pub const DEFAULT_SQLITE_BUSY_TIMEOUT_MS: u64 = 5000;
@@ -44,6 +45,7 @@ pub const DEFAULT_DB_QUEUE_CAPACITY: u32 = 256;
 pub const DEFAULT_DB_QUEUE_WAIT_MS: u64 = 100;
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_SHUTDOWN_DELAY_MS: u64 = 0;
+pub const DEFAULT_DB_WORKER_PING_BUDGET_MS: u64 = 15_000;
 pub const DEFAULT_BODY_LIMIT_BYTES: u64 = 64 * 1024;
 pub const DEFAULT_CLIENT_TIMEOUT_MS: u64 = 5000;
 pub const DEFAULT_CACHE_CAPACITY: usize = 10_000;
@@ -190,6 +192,13 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub shutdown_delay_ms: u64,
 
+    /// Milliseconds a database worker has to answer a health ping, which
+    /// waits for the work queued before it; a worker that misses it is
+    /// replaced. Must exceed the request timeout.
+    #[arg(long, env = "TROUPE_DB_WORKER_PING_BUDGET_MS", default_value_t = DEFAULT_DB_WORKER_PING_BUDGET_MS,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub db_worker_ping_budget_ms: u64,
+
     /// Largest request body in bytes; larger bodies get 413.
     #[arg(long, env = "TROUPE_BODY_LIMIT_BYTES", default_value_t = DEFAULT_BODY_LIMIT_BYTES,
           value_parser = clap::value_parser!(u64).range(1..=67_108_864))]
@@ -233,6 +242,7 @@ impl Default for ServeArgs {
             db_queue_wait_ms: DEFAULT_DB_QUEUE_WAIT_MS,
             shutdown_timeout_secs: DEFAULT_SHUTDOWN_TIMEOUT_SECS,
             shutdown_delay_ms: DEFAULT_SHUTDOWN_DELAY_MS,
+            db_worker_ping_budget_ms: DEFAULT_DB_WORKER_PING_BUDGET_MS,
             body_limit_bytes: DEFAULT_BODY_LIMIT_BYTES,
             client_timeout_ms: DEFAULT_CLIENT_TIMEOUT_MS,
             cache_capacity: DEFAULT_CACHE_CAPACITY,
@@ -253,6 +263,8 @@ pub struct Settings {
     pub queue: QueueSettings,
     pub shutdown_timeout: Duration,
     pub shutdown_delay: Duration,
+    /// Time a database worker has to answer a health ping.
+    pub ping_budget: Duration,
     pub body_limit: usize,
     pub client_timeout: Duration,
     /// `None` turns the user-store cache off.
@@ -287,6 +299,13 @@ pub enum ConfigError {
         value: u64,
         budget: u64,
     },
+    #[error(
+        "--db-worker-ping-budget-ms (TROUPE_DB_WORKER_PING_BUDGET_MS) is {ping} ms but \
+         --request-timeout-ms (TROUPE_REQUEST_TIMEOUT_MS) is {budget} ms; a worker busy \
+         with work that is still within its deadline must not count as stuck, so raise \
+         the ping budget above the request timeout"
+    )]
+    PingBudgetTooShort { ping: u64, budget: u64 },
 }
 
 impl Settings {
@@ -317,6 +336,13 @@ impl Settings {
             }
         }
 
+        if serve.db_worker_ping_budget_ms <= serve.request_timeout_ms {
+            return Err(ConfigError::PingBudgetTooShort {
+                ping: serve.db_worker_ping_budget_ms,
+                budget: serve.request_timeout_ms,
+            });
+        }
+
         Ok(Self {
             bind: serve.bind,
             database_url,
@@ -334,6 +360,7 @@ impl Settings {
             },
             shutdown_timeout: Duration::from_secs(serve.shutdown_timeout_secs),
             shutdown_delay: Duration::from_millis(serve.shutdown_delay_ms),
+            ping_budget: Duration::from_millis(serve.db_worker_ping_budget_ms),
             body_limit: serve.body_limit_bytes as usize,
             client_timeout: Duration::from_millis(serve.client_timeout_ms),
             cache_capacity: NonZeroUsize::new(serve.cache_capacity),
@@ -413,6 +440,13 @@ mod tests {
                 "TROUPE_PG_STATEMENT_TIMEOUT_MS",
                 ServeArgs {
                     pg_statement_timeout_ms: 20_000,
+                    ..ServeArgs::default()
+                },
+            ),
+            (
+                "TROUPE_DB_WORKER_PING_BUDGET_MS",
+                ServeArgs {
+                    db_worker_ping_budget_ms: 10_000,
                     ..ServeArgs::default()
                 },
             ),

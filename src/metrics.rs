@@ -12,7 +12,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::actors::{Admission, BatchStats, StoreStats, WorkerStats};
+use crate::actors::{Admission, BatchStats, PoolStats, StoreStats, WorkerStats};
 use crate::db::DbPool;
 
 /// Latency buckets in seconds, from 0.5 ms to 10 s.
@@ -57,6 +57,7 @@ struct CopiedCounters {
     user_batched_writes: IntCounter,
     post_batches: IntCounter,
     post_batched_writes: IntCounter,
+    workers_replaced: IntCounter,
 }
 
 /// The live sources of the values read at scrape time.
@@ -69,6 +70,7 @@ pub struct Sources {
     pub store_stats: Arc<StoreStats>,
     /// The batches of post writes.
     pub post_writes: Arc<BatchStats>,
+    pub pool_stats: Arc<PoolStats>,
 }
 
 impl Metrics {
@@ -172,6 +174,10 @@ impl Metrics {
                 user_batched_writes: batched_writes.with_label_values(&["users"]),
                 post_batches: write_batches.with_label_values(&["posts"]),
                 post_batched_writes: batched_writes.with_label_values(&["posts"]),
+                workers_replaced: counter(
+                    "db_workers_replaced_total",
+                    "Database workers replaced because they did not answer a health ping in time.",
+                )?,
             },
             sources,
             registry,
@@ -209,6 +215,7 @@ impl Metrics {
             worker_stats,
             store_stats,
             post_writes,
+            pool_stats,
             ..
         } = &self.sources;
         let state = pool.state();
@@ -238,6 +245,7 @@ impl Metrics {
             ),
             (&self.copied.post_batches, load(&post_writes.batches)),
             (&self.copied.post_batched_writes, load(&post_writes.writes)),
+            (&self.copied.workers_replaced, load(&pool_stats.replaced)),
         ];
         for (counter, total) in copies {
             counter.inc_by(total.saturating_sub(counter.get()));

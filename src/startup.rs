@@ -16,8 +16,8 @@ use tokio::sync::watch;
 
 use crate::actors::queries::posts;
 use crate::actors::{
-    Admission, BatchStats, CacheReplica, DbWorker, Escalation, RestartPolicy, StoreStats, UserDb,
-    UserStore, WorkerStats, WriteBatcher,
+    Admission, BatchStats, CacheReplica, Escalation, PoolStats, RestartPolicy, StoreStats, UserDb,
+    UserStore, WorkerPool, WorkerStats, WriteBatcher,
 };
 use crate::config::Settings;
 use crate::db::migrations::{self, MigrationError};
@@ -80,19 +80,29 @@ impl StopHandle {
 /// writes.
 async fn start_writer(
     settings: &Settings,
-    readers: &Addr<DbWorker>,
-    stats: &Arc<WorkerStats>,
-) -> Result<Addr<DbWorker>, StartupError> {
+    readers: &Addr<WorkerPool>,
+    arbiter: &ArbiterHandle,
+    stats: (&Arc<WorkerStats>, &Arc<PoolStats>),
+) -> Result<Addr<WorkerPool>, StartupError> {
     if !matches!(settings.database_url, DatabaseUrl::Sqlite(_)) {
         return Ok(readers.clone());
     }
     let url = settings.database_url.clone();
+    // A second connection lets a replacement writer start while a stuck one
+    // still holds the first.
     let pool_settings = PoolSettings {
-        max_size: 1,
+        max_size: 2,
         ..settings.pool.clone()
     };
     let pool = web::block(move || DbPool::connect(&url, &pool_settings)).await??;
-    Ok(DbWorker::start_pool(1, pool, Arc::clone(stats)))
+    let writer = WorkerPool::new(
+        1,
+        pool,
+        Arc::clone(stats.0),
+        Arc::clone(stats.1),
+        settings.ping_budget,
+    );
+    Ok(Actor::start_in_arbiter(arbiter, move |_| writer))
 }
 
 /// Returns how many batches of user writes may be in the database at once.
@@ -137,7 +147,7 @@ pub struct Application {
     server: Server,
     addr: SocketAddr,
     store: Addr<UserStore>,
-    db: Addr<DbWorker>,
+    db: Addr<WorkerPool>,
     store_arbiter: Arbiter,
     pub worker_stats: Arc<WorkerStats>,
     pub store_stats: Arc<StoreStats>,
@@ -169,14 +179,28 @@ impl Application {
         let pool_settings = settings.pool.clone();
         let pool = web::block(move || DbPool::connect(&url, &pool_settings)).await??;
 
+        let store_arbiter = Arbiter::new();
         let worker_stats = Arc::new(WorkerStats::default());
-        let db = DbWorker::start_pool(settings.db_workers, pool.clone(), Arc::clone(&worker_stats));
-        let writer = start_writer(&settings, &db, &worker_stats).await?;
+        let pool_stats = Arc::new(PoolStats::default());
+        let db = WorkerPool::new(
+            settings.db_workers,
+            pool.clone(),
+            Arc::clone(&worker_stats),
+            Arc::clone(&pool_stats),
+            settings.ping_budget,
+        );
+        let db = Actor::start_in_arbiter(&store_arbiter.handle(), move |_| db);
+        let writer = start_writer(
+            &settings,
+            &db,
+            &store_arbiter.handle(),
+            (&worker_stats, &pool_stats),
+        )
+        .await?;
         let queue_wait = metrics::queue_wait_histogram()?;
         let admission = Admission::new(settings.queue.capacity, settings.queue.wait)
             .with_wait_histogram(queue_wait.clone());
         let store_stats = Arc::new(StoreStats::default());
-        let store_arbiter = Arbiter::new();
         let escalation = Arc::new(Escalation::default());
         let mut store = UserStore::new(
             UserDb::new(&db)
@@ -217,6 +241,7 @@ impl Application {
             worker_stats: Arc::clone(&worker_stats),
             store_stats: Arc::clone(&store_stats),
             post_writes,
+            pool_stats,
         })?);
         let shutting_down = Arc::new(AtomicBool::new(false));
         let (cut_off, cut_off_notice) = watch::channel(false);
@@ -299,7 +324,7 @@ impl Application {
         &self.store
     }
 
-    pub fn db_workers(&self) -> &Addr<DbWorker> {
+    pub fn db_workers(&self) -> &Addr<WorkerPool> {
         &self.db
     }
 

@@ -7,12 +7,15 @@
 //!   batches (`batch`).
 //! - `DbWorker` (sync, one thread each in a `SyncArbiter`) owns a database
 //!   connection and runs one query, or one batch of writes, per message.
+//! - `WorkerPool` (async) routes messages to the `DbWorker`s and replaces
+//!   one that stops answering its health ping.
 
 mod admission;
 mod batch;
 mod context;
 mod db_worker;
 mod error;
+mod pool;
 pub mod queries;
 mod supervision;
 mod user_store;
@@ -26,6 +29,7 @@ pub use context::{RequestCtx, RequestId};
 pub use db_worker::{DbQuery, DbWorker, Query, WorkerStats};
 pub(crate) use error::panic_message;
 pub use error::ActorError;
+pub use pool::{Ping, PoolStats, WorkerPool};
 pub use supervision::{Escalation, RestartDecision, RestartPolicy, RestartTracker};
 #[cfg(feature = "test-hooks")]
 pub use user_store::InjectPanic;

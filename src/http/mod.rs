@@ -20,7 +20,7 @@ use actix_web::{guard, web, HttpResponse, Route};
 
 pub use request::{request_context, REQUEST_ID_HEADER};
 
-use crate::actors::{queries, Admission, DbWorker, UserStore, WriteBatcher};
+use crate::actors::{queries, Admission, UserStore, WorkerPool, WriteBatcher};
 use crate::metrics::Metrics;
 use problem::ApiError;
 
@@ -29,10 +29,10 @@ use problem::ApiError;
 pub struct AppState {
     pub store: Addr<UserStore>,
     /// The workers for reads.
-    pub db: Addr<DbWorker>,
+    pub db: Addr<WorkerPool>,
     /// The worker or workers for writes: one on SQLite, the readers on
     /// PostgreSQL.
-    pub writer: Addr<DbWorker>,
+    pub writer: Addr<WorkerPool>,
     /// Batches post writes and sends them to `writer`.
     pub post_writer: Addr<WriteBatcher<queries::posts::Write>>,
     /// The bound on database work, shared with the user store.

@@ -561,3 +561,81 @@ async fn metrics_count_panics_and_restarts(backend: Backend) {
     app.create_user("After Panics", "after@example.com").await;
     app.stop().await;
 }
+
+/// Blocks its worker until the test sends on, or drops, the other end.
+struct Hang(std::sync::Mutex<std::sync::mpsc::Receiver<()>>);
+
+impl DbQuery for Hang {
+    type Output = ();
+    const NAME: &'static str = "test.hang";
+
+    fn run(self, _: &mut DbConn) -> Result<(), DbError> {
+        let _ = self.0.lock().map(|release| release.recv());
+        Ok(())
+    }
+}
+
+/// A database worker that stops answering is replaced once it misses its
+/// ping budget: with the only other worker busy serving, every request
+/// still succeeds, and the replacement is counted in `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_worker_is_replaced() {
+    let spawned = TestApp::spawn_with(Backend::Postgres, |settings| {
+        settings.db_workers = 2;
+        settings.pool.max_size = 3;
+        settings.pool.pg_statement_timeout = Duration::from_millis(400);
+        settings.request_timeout = Duration::from_millis(500);
+        settings.ping_budget = Duration::from_millis(800);
+    });
+    let Some(app) = spawned.await else { return };
+    app.create_user("Before", "before@example.com").await;
+    let (release, hold) = std::sync::mpsc::channel();
+
+    let hung = app.workers.send(Query::new(
+        RequestCtx::internal(Duration::from_secs(60)),
+        Hang(std::sync::Mutex::new(hold)),
+    ));
+    let hung = tokio::spawn(hung);
+    // Polls until the pool has replaced the hung worker; bounded, so that a
+    // pool that never does fails the test.
+    let mut replaced = false;
+    for _ in 0..100 {
+        if metric(&app, "troupe_db_workers_replaced_total").await == 1.0 {
+            replaced = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(replaced, "the hung worker is replaced");
+
+    let mut statuses = Vec::new();
+    for n in 0..6 {
+        let list = app.get("/api/v1/users?limit=1").send().await.unwrap();
+        let email = format!("after{n}@example.com");
+        let create = app
+            .post_json("/api/v1/users", &json!({ "name": "After", "email": email }))
+            .send()
+            .await
+            .unwrap();
+        statuses.push((list.status().as_u16(), create.status().as_u16()));
+    }
+    let ready = app.get("/readyz").send().await.unwrap();
+    release.send(()).unwrap();
+    let hung = hung.await.unwrap().unwrap();
+
+    assert!(
+        statuses.iter().all(|&pair| pair == (200, 201)),
+        "every read and write succeeds with a worker hung: {statuses:?}"
+    );
+    assert_eq!(ready.status(), 200, "the service stays ready");
+    assert!(
+        hung.is_ok(),
+        "the hung query returns once released: {hung:?}"
+    );
+    assert_eq!(
+        total(&app, "users").await,
+        7,
+        "every acknowledged create is stored"
+    );
+    app.stop().await;
+}

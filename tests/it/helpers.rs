@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use actix::Addr;
 use diesel::{Connection, PgConnection, RunQueryDsl};
 use serde_json::Value;
-use troupe::actors::{DbWorker, UserStore};
+use troupe::actors::{UserStore, WorkerPool};
 use troupe::config::{ServeArgs, Settings};
 use troupe::db::DatabaseUrl;
 use troupe::startup::{Application, StopHandle};
@@ -135,7 +135,7 @@ pub struct TestApp {
     pub addr: SocketAddr,
     /// The running service's actors, for tests that message them directly.
     pub store: Addr<UserStore>,
-    pub workers: Addr<DbWorker>,
+    pub workers: Addr<WorkerPool>,
     pub client: reqwest::Client,
     stop: StopHandle,
     thread: Option<JoinHandle<()>>,
