@@ -6,13 +6,15 @@
 //!    id and span. Extractors turn the path, query and JSON body into domain
 //!    types (`domain`), or reject the request with a problem (`http::problem`).
 //! 2. The handler sends one message carrying a `RequestCtx` (request id,
-//!    span, deadline): user operations to the `UserStore` actor, post reads
-//!    straight to the `DbWorker` pool, post writes to a `WriteBatcher`.
+//!    span, deadline): a user read to its thread's `CacheReplica`, other
+//!    user operations to the `UserStore` actor, post reads straight to the
+//!    `WorkerPool`, post writes to a `WriteBatcher`.
 //! 3. The `UserStore` serves reads from its cache or sends a query message
-//!    (`actors::queries`) to the pool, and queues writes into batches that
-//!    one worker commits in one transaction (`actors::batch`). A `DbWorker`
-//!    runs the matching plain function from `db` on its own connection, in
-//!    a transaction, or a savepoint of its batch, where it writes.
+//!    (`actors::queries`) to the `WorkerPool`, and queues writes into
+//!    batches that one worker commits in one transaction (`actors::batch`).
+//!    The pool routes each message to a `DbWorker`, which runs the matching
+//!    plain function from `db` on its own connection, in a transaction, or
+//!    in its batch's transaction, where it writes.
 //! 4. The reply travels back; `http::problem` maps any error to a status in
 //!    one place, and the middleware logs one line for the request.
 //!
