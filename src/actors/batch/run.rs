@@ -30,52 +30,64 @@ pub(in crate::actors) fn run_live<Q: DbQuery + Clone>(
     conn: &mut DbConn,
     live: Vec<LiveWrite<Q>>,
 ) -> Result<Outputs<Q::Output>, DbError> {
-    let size = live.len();
-    let flat = conn.write_transaction(|conn| {
-        db::without_savepoints(|| {
-            if size > 1 {
-                let queries: Vec<&Q> = live.iter().map(|write| &write.query).collect();
-                let started = Instant::now();
-                if let Some(together) = Q::run_together(&queries, conn) {
-                    return match together {
-                        Ok(outputs) if outputs.len() == size => {
-                            Ok(ran_together(&live, outputs, started))
-                        }
-                        Err(error) if error.breaks_connection() => Err(Flat::Broken(error)),
-                        Ok(_) | Err(_) => Err(Flat::WriteFailed(None)),
-                    };
-                }
-            }
-            let mut outputs = Vec::with_capacity(size);
-            for write in &live {
-                match run_one(conn, write.query.clone(), &write.ctx, size) {
-                    Ok(output) => outputs.push((write.index, Ok(output))),
-                    Err(error) if error.breaks_connection() => return Err(Flat::Broken(error)),
-                    Err(error) => return Err(Flat::WriteFailed(Some((write.index, error)))),
-                }
-            }
-            Ok(outputs)
-        })
-    });
+    let flat = conn.write_transaction(|conn| db::without_savepoints(|| run_flat(conn, &live)));
     match flat {
         Ok(outputs) => Ok(outputs),
         Err(Flat::Broken(error)) => Err(error),
         // Alone in its batch, the failed write's rollback was its own.
-        Err(Flat::WriteFailed(Some((index, error)))) if size == 1 => {
+        Err(Flat::WriteFailed(Some((index, error)))) if live.len() == 1 => {
             Ok(vec![(index, Err(ActorError::Db(error)))])
         }
-        Err(Flat::WriteFailed(..)) => conn.write_transaction(|conn| {
-            let mut outputs = Vec::with_capacity(size);
-            for write in live {
-                match run_one(conn, write.query, &write.ctx, size) {
-                    Ok(output) => outputs.push((write.index, Ok(output))),
-                    Err(error) if error.breaks_connection() => return Err(error),
-                    Err(error) => outputs.push((write.index, Err(ActorError::Db(error)))),
-                }
-            }
-            Ok(outputs)
-        }),
+        Err(Flat::WriteFailed(_)) => conn.write_transaction(|conn| run_with_savepoints(conn, live)),
     }
+}
+
+/// Runs the writes straight in the open transaction, together when the
+/// query type can, and stops at the first write that fails.
+fn run_flat<Q: DbQuery + Clone>(
+    conn: &mut DbConn,
+    live: &[LiveWrite<Q>],
+) -> Result<Outputs<Q::Output>, Flat> {
+    let size = live.len();
+    if size > 1 {
+        let queries: Vec<&Q> = live.iter().map(|write| &write.query).collect();
+        let started = Instant::now();
+        if let Some(together) = Q::run_together(&queries, conn) {
+            return match together {
+                Ok(outputs) if outputs.len() == size => Ok(ran_together(live, outputs, started)),
+                Err(error) if error.breaks_connection() => Err(Flat::Broken(error)),
+                Ok(_) | Err(_) => Err(Flat::WriteFailed(None)),
+            };
+        }
+    }
+
+    let mut outputs = Vec::with_capacity(size);
+    for write in live {
+        match run_one(conn, write.query.clone(), &write.ctx, size) {
+            Ok(output) => outputs.push((write.index, Ok(output))),
+            Err(error) if error.breaks_connection() => return Err(Flat::Broken(error)),
+            Err(error) => return Err(Flat::WriteFailed(Some((write.index, error)))),
+        }
+    }
+    Ok(outputs)
+}
+
+/// Runs the writes one by one, each in its own savepoint, so a write that
+/// fails on its own is undone alone and the others go on.
+fn run_with_savepoints<Q: DbQuery>(
+    conn: &mut DbConn,
+    live: Vec<LiveWrite<Q>>,
+) -> Result<Outputs<Q::Output>, DbError> {
+    let size = live.len();
+    let mut outputs = Vec::with_capacity(size);
+    for write in live {
+        match run_one(conn, write.query, &write.ctx, size) {
+            Ok(output) => outputs.push((write.index, Ok(output))),
+            Err(error) if error.breaks_connection() => return Err(error),
+            Err(error) => outputs.push((write.index, Err(ActorError::Db(error)))),
+        }
+    }
+    Ok(outputs)
 }
 
 /// The cause of the rollback of a batch that ran without savepoints.
