@@ -37,6 +37,7 @@ fn sqlite() -> Sqlite {
     troupe::db::migrations::run_pending(&url).expect("migrate");
     let settings = PoolSettings {
         max_size: 2,
+        min_idle: None,
         connection_timeout: Duration::from_secs(5),
         sqlite_busy_timeout: Duration::from_secs(5),
         pg_statement_timeout: Duration::from_secs(5),

@@ -246,6 +246,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     db::migrations::run_pending(&url)?;
     let settings = PoolSettings {
         max_size: pool_size,
+        min_idle: None,
         connection_timeout: Duration::from_secs(5),
         sqlite_busy_timeout: Duration::from_secs(5),
         pg_statement_timeout: Duration::from_secs(5),

@@ -348,6 +348,8 @@ impl Settings {
             database_url,
             pool: PoolSettings {
                 max_size: serve.db_pool_size,
+                // One per worker; the spares open only for a replacement.
+                min_idle: Some(serve.db_workers),
                 connection_timeout: Duration::from_millis(serve.db_connect_timeout_ms),
                 sqlite_busy_timeout: Duration::from_millis(serve.sqlite_busy_timeout_ms),
                 pg_statement_timeout: Duration::from_millis(serve.pg_statement_timeout_ms),

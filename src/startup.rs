@@ -92,6 +92,7 @@ async fn start_writer(
     // still holds the first.
     let pool_settings = PoolSettings {
         max_size: 2,
+        min_idle: Some(1),
         ..settings.pool.clone()
     };
     let pool = web::block(move || DbPool::connect(&url, &pool_settings)).await??;

@@ -1,18 +1,31 @@
 //! `WorkerPool`: the `DbWorker`s behind one address, with a health ping that
 //! replaces a worker that stops answering.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::fut::{self, ActorFutureExt, WrapFuture};
+use actix::fut::{self, ActorFutureExt};
 use actix::prelude::*;
+use futures_util::future::LocalBoxFuture;
+use tokio::sync::oneshot;
 
 use super::{ActorError, Batch, DbQuery, DbWorker, Query, WorkerStats};
 use crate::db::DbPool;
 
 /// How often each worker is pinged.
 const PING_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Messages sent to one worker and not yet answered, at most. Enough that a
+/// worker seldom waits for the pool between two messages, few enough that
+/// no message waits long behind a slow worker. The rest wait in the pool,
+/// where any worker that frees up takes them.
+const MAX_IN_FLIGHT: usize = 8;
+
+/// A message waiting in the pool: sends itself to the worker it is given
+/// and forwards the reply to its sender.
+type Dispatch = Box<dyn FnOnce(&Addr<DbWorker>) -> LocalBoxFuture<'static, ()> + Send>;
 
 /// Counters of one `WorkerPool`.
 #[derive(Debug, Default)]
@@ -27,7 +40,9 @@ pub struct PoolStats {
 /// shared `SyncArbiter` queue would balance load by itself, but a message
 /// to it reaches whichever thread is free, so it can neither ping one
 /// worker nor route around one. The pool sends each message to the worker
-/// with the fewest messages in flight.
+/// with the fewest in flight, at most `MAX_IN_FLIGHT` each; beyond that,
+/// messages wait in the pool for the first worker with room, as they would
+/// in a shared queue.
 ///
 /// Every `PING_INTERVAL` each worker gets a `Ping`, which it answers after
 /// the message it is running. A worker that has not answered within
@@ -37,6 +52,8 @@ pub struct PoolStats {
 /// messages queued behind it are still answered then.
 pub struct WorkerPool {
     workers: Vec<Worker>,
+    /// Messages that found every worker at `MAX_IN_FLIGHT`, oldest first.
+    waiting: VecDeque<Dispatch>,
     db: DbPool,
     worker_stats: Arc<WorkerStats>,
     stats: Arc<PoolStats>,
@@ -75,6 +92,7 @@ impl WorkerPool {
     ) -> Self {
         let mut pool = Self {
             workers: Vec::with_capacity(workers),
+            waiting: VecDeque::new(),
             db,
             worker_stats,
             stats,
@@ -98,17 +116,70 @@ impl WorkerPool {
         });
     }
 
-    /// Returns the worker that takes the next message: the one with the
-    /// fewest messages in flight among those that are not stuck.
-    fn pick(&mut self) -> &mut Worker {
-        let index = self
-            .workers
+    /// Returns the index of the worker that takes the next message: the one
+    /// with the fewest in flight among those that are not stuck and below
+    /// `MAX_IN_FLIGHT`.
+    fn free_worker(&self) -> Option<usize> {
+        self.workers
             .iter()
             .enumerate()
-            .filter(|(_, worker)| !worker.stuck)
+            .filter(|(_, worker)| !worker.stuck && worker.in_flight < MAX_IN_FLIGHT)
             .min_by_key(|(_, worker)| worker.in_flight)
-            .map_or(0, |(index, _)| index);
-        &mut self.workers[index]
+            .map(|(index, _)| index)
+    }
+
+    /// Sends `dispatch` to the worker at `index`.
+    fn start(&mut self, index: usize, dispatch: Dispatch, ctx: &mut Context<Self>) {
+        let worker = &mut self.workers[index];
+        worker.in_flight += 1;
+        let id = worker.id;
+        let sent = dispatch(&worker.addr);
+        ctx.spawn(fut::wrap_future::<_, Self>(sent).map(move |(), pool, ctx| {
+            pool.answered(id);
+            pool.start_waiting(ctx);
+        }));
+    }
+
+    /// Hands waiting messages to the workers that have room.
+    fn start_waiting(&mut self, ctx: &mut Context<Self>) {
+        while !self.waiting.is_empty() {
+            let Some(index) = self.free_worker() else {
+                return;
+            };
+            if let Some(dispatch) = self.waiting.pop_front() {
+                self.start(index, dispatch, ctx);
+            }
+        }
+    }
+
+    /// Sends `message` to a worker with room, or queues it until one has
+    /// room, and returns its reply.
+    fn route<M>(
+        &mut self,
+        message: M,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, Result<M::Result, MailboxError>>
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        DbWorker: Handler<M>,
+    {
+        let (reply, replied) = oneshot::channel();
+        let dispatch: Dispatch = Box::new(move |worker: &Addr<DbWorker>| {
+            let sent = worker.send(message);
+            Box::pin(async move {
+                // The sender may have given up meanwhile.
+                let _ = reply.send(sent.await);
+            })
+        });
+        match self.free_worker() {
+            Some(index) => self.start(index, dispatch, ctx),
+            None => self.waiting.push_back(dispatch),
+        }
+        Box::pin(
+            fut::wrap_future(replied)
+                .map(|replied, _, _| replied.unwrap_or(Err(MailboxError::Closed))),
+        )
     }
 
     /// Returns the workers that take messages.
@@ -129,23 +200,6 @@ impl WorkerPool {
     fn forget_stuck(&mut self) {
         self.workers
             .retain(|worker| !(worker.stuck && worker.in_flight == 0 && worker.pinged.is_none()));
-    }
-
-    /// Sends `message` to a worker and returns its reply.
-    fn route<M>(&mut self, message: M) -> ResponseActFuture<Self, Result<M::Result, MailboxError>>
-    where
-        M: Message + Send + 'static,
-        M::Result: Send,
-        DbWorker: Handler<M>,
-    {
-        let worker = self.pick();
-        worker.in_flight += 1;
-        let id = worker.id;
-        let reply = worker.addr.send(message);
-        Box::pin(reply.into_actor(self).map(move |reply, pool, _| {
-            pool.answered(id);
-            reply
-        }))
     }
 
     /// Pings every worker that has no ping pending, and replaces each one
@@ -183,6 +237,9 @@ impl WorkerPool {
             self.stats.replaced.fetch_add(1, Ordering::Relaxed);
             self.add_worker();
         }
+        if stuck > 0 {
+            self.start_waiting(ctx);
+        }
     }
 }
 
@@ -197,9 +254,9 @@ impl Actor for WorkerPool {
 impl<Q: DbQuery> Handler<Query<Q>> for WorkerPool {
     type Result = ResponseActFuture<Self, Result<Q::Output, ActorError>>;
 
-    fn handle(&mut self, message: Query<Q>, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, message: Query<Q>, ctx: &mut Context<Self>) -> Self::Result {
         Box::pin(
-            self.route(message)
+            self.route(message, ctx)
                 .map(|reply, _, _| ActorError::flatten("db_worker", reply)),
         )
     }
@@ -208,9 +265,9 @@ impl<Q: DbQuery> Handler<Query<Q>> for WorkerPool {
 impl<Q: DbQuery + Clone> Handler<Batch<Q>> for WorkerPool {
     type Result = ResponseActFuture<Self, Result<Vec<Result<Q::Output, ActorError>>, ActorError>>;
 
-    fn handle(&mut self, message: Batch<Q>, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, message: Batch<Q>, ctx: &mut Context<Self>) -> Self::Result {
         Box::pin(
-            self.route(message)
+            self.route(message, ctx)
                 .map(|reply, _, _| ActorError::flatten("db_worker", reply)),
         )
     }

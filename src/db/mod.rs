@@ -88,6 +88,9 @@ impl DbConn {
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
     pub max_size: u32,
+    /// Connections opened at start and kept open when idle; `None` keeps
+    /// `max_size`. The others open on demand.
+    pub min_idle: Option<u32>,
     pub connection_timeout: Duration,
     /// How long an SQLite connection waits for another writer's lock.
     pub sqlite_busy_timeout: Duration,
@@ -150,6 +153,7 @@ where
 {
     Pool::builder()
         .max_size(settings.max_size)
+        .min_idle(settings.min_idle.map(|idle| idle.min(settings.max_size)))
         .connection_timeout(settings.connection_timeout)
 }
 

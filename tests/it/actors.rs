@@ -854,6 +854,7 @@ fn start_workers(backend: Backend, count: usize) -> Option<Workers> {
     troupe::db::migrations::run_pending(&db.url).unwrap();
     let settings = PoolSettings {
         max_size: u32::try_from(count).unwrap(),
+        min_idle: None,
         connection_timeout: Duration::from_secs(10),
         sqlite_busy_timeout: Duration::from_secs(10),
         pg_statement_timeout: Duration::from_secs(10),
