@@ -71,6 +71,22 @@ struct Worker {
     stuck: bool,
 }
 
+/// Tells the pool that worker `id` has replied to one message.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct Answered {
+    id: u64,
+}
+
+impl Handler<Answered> for WorkerPool {
+    type Result = ();
+
+    fn handle(&mut self, Answered { id }: Answered, ctx: &mut Context<Self>) {
+        self.answered(id);
+        self.start_waiting(ctx);
+    }
+}
+
 /// Asks a worker to answer once it has finished what it is running.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -128,16 +144,19 @@ impl WorkerPool {
             .map(|(index, _)| index)
     }
 
-    /// Sends `dispatch` to the worker at `index`.
+    /// Sends `dispatch` to the worker at `index`. A task of its own waits
+    /// for the reply, so the pool's context holds no future per message;
+    /// the pool hears of the reply through `Answered`.
     fn start(&mut self, index: usize, dispatch: Dispatch, ctx: &mut Context<Self>) {
         let worker = &mut self.workers[index];
         worker.in_flight += 1;
         let id = worker.id;
         let sent = dispatch(&worker.addr);
-        ctx.spawn(fut::wrap_future::<_, Self>(sent).map(move |(), pool, ctx| {
-            pool.answered(id);
-            pool.start_waiting(ctx);
-        }));
+        let pool = ctx.address();
+        actix::spawn(async move {
+            sent.await;
+            pool.do_send(Answered { id });
+        });
     }
 
     /// Hands waiting messages to the workers that have room.
@@ -158,7 +177,7 @@ impl WorkerPool {
         &mut self,
         message: M,
         ctx: &mut Context<Self>,
-    ) -> ResponseActFuture<Self, Result<M::Result, MailboxError>>
+    ) -> ResponseFuture<Result<M::Result, MailboxError>>
     where
         M: Message + Send + 'static,
         M::Result: Send,
@@ -176,10 +195,7 @@ impl WorkerPool {
             Some(index) => self.start(index, dispatch, ctx),
             None => self.waiting.push_back(dispatch),
         }
-        Box::pin(
-            fut::wrap_future(replied)
-                .map(|replied, _, _| replied.unwrap_or(Err(MailboxError::Closed))),
-        )
+        Box::pin(async move { replied.await.unwrap_or(Err(MailboxError::Closed)) })
     }
 
     /// Returns the workers that take messages.
@@ -252,23 +268,19 @@ impl Actor for WorkerPool {
 }
 
 impl<Q: DbQuery> Handler<Query<Q>> for WorkerPool {
-    type Result = ResponseActFuture<Self, Result<Q::Output, ActorError>>;
+    type Result = ResponseFuture<Result<Q::Output, ActorError>>;
 
     fn handle(&mut self, message: Query<Q>, ctx: &mut Context<Self>) -> Self::Result {
-        Box::pin(
-            self.route(message, ctx)
-                .map(|reply, _, _| ActorError::flatten("db_worker", reply)),
-        )
+        let reply = self.route(message, ctx);
+        Box::pin(async move { ActorError::flatten("db_worker", reply.await) })
     }
 }
 
 impl<Q: DbQuery + Clone> Handler<Batch<Q>> for WorkerPool {
-    type Result = ResponseActFuture<Self, Result<Vec<Result<Q::Output, ActorError>>, ActorError>>;
+    type Result = ResponseFuture<Result<Vec<Result<Q::Output, ActorError>>, ActorError>>;
 
     fn handle(&mut self, message: Batch<Q>, ctx: &mut Context<Self>) -> Self::Result {
-        Box::pin(
-            self.route(message, ctx)
-                .map(|reply, _, _| ActorError::flatten("db_worker", reply)),
-        )
+        let reply = self.route(message, ctx);
+        Box::pin(async move { ActorError::flatten("db_worker", reply.await) })
     }
 }
