@@ -245,7 +245,7 @@ async fn duplicate_creates_in_batches_conflict_alone(backend: Backend) {
 }
 
 /// While a batch waits for SQLite's write lock, the creates that arrive
-/// meanwhile wait in the user store; once the lock is free they commit
+/// meanwhile wait in the user store. Once the lock is free they commit
 /// together in one more batch, and every one of them is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_behind_a_batch_commit_together() {
@@ -260,16 +260,13 @@ async fn writes_behind_a_batch_commit_together() {
         let request = create_request(&app, n);
         requests.spawn(async move { request.send().await });
     }
-    // Polls until every create holds a queue place; bounded, so that a
-    // create that never arrives fails the test.
-    let mut queued = false;
-    for _ in 0..2000 {
-        if metric(&app, "troupe_db_queue_depth").await == WRITES as f64 {
-            queued = true;
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    let queued = until_metric(
+        &app,
+        "troupe_db_queue_depth",
+        WRITES as f64,
+        Duration::from_secs(5),
+    )
+    .await;
     assert!(queued, "all {WRITES} creates are admitted behind the lock");
     lock.release();
 
@@ -312,6 +309,20 @@ pub async fn metric(app: &TestApp, sample: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Polls `/metrics` until `sample` equals `expected`, for at most `within`,
+/// and returns whether it did. The bound turns a value that never comes
+/// into a failed assertion instead of a hung test.
+async fn until_metric(app: &TestApp, sample: &str, expected: f64, within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if metric(app, sample).await == expected {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
 /// Holds SQLite's write lock from another connection until dropped.
 struct SqliteLock(SqliteConnection);
 
@@ -351,16 +362,7 @@ async fn full_queue_rejects_with_503() {
     let lock = SqliteLock::take(&app);
 
     let first = tokio::spawn(create_request(&app, 1).send());
-    // Polls until the first create holds the queue place; the loop is
-    // bounded so that a create that never arrives fails the test.
-    let mut admitted = false;
-    for _ in 0..500 {
-        if metric(&app, "troupe_db_queue_depth").await == 1.0 {
-            admitted = true;
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    let admitted = until_metric(&app, "troupe_db_queue_depth", 1.0, Duration::from_secs(5)).await;
     assert!(admitted, "the first create takes the only queue place");
 
     let second = create_request(&app, 2).send().await.unwrap();
@@ -596,16 +598,13 @@ async fn stuck_worker_is_replaced() {
         Hang(std::sync::Mutex::new(hold)),
     ));
     let hung = tokio::spawn(hung);
-    // Polls until the pool has replaced the hung worker; bounded, so that a
-    // pool that never does fails the test.
-    let mut replaced = false;
-    for _ in 0..100 {
-        if metric(&app, "troupe_db_workers_replaced_total").await == 1.0 {
-            replaced = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let replaced = until_metric(
+        &app,
+        "troupe_db_workers_replaced_total",
+        1.0,
+        Duration::from_secs(5),
+    )
+    .await;
     assert!(replaced, "the hung worker is replaced");
 
     let mut statuses = Vec::new();

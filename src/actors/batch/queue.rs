@@ -108,15 +108,6 @@ impl<Q: DbQuery> WriteQueue<Q> {
     pub fn finished(&mut self) {
         self.in_flight = self.in_flight.saturating_sub(1);
     }
-
-    /// Writes waiting for a batch, not counting those in the database.
-    pub fn len(&self) -> usize {
-        self.waiting.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.waiting.is_empty()
-    }
 }
 
 /// Counters of the batches one queue sent.
@@ -187,12 +178,8 @@ where
     Q: DbQuery,
     Batch<Q>: Message<Result = Result<Vec<Result<Q::Output, ActorError>>, ActorError>>,
 {
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.items.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
     }
 
     /// Sends the batch to `writer` and, once it replies, sends every write
