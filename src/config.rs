@@ -186,7 +186,7 @@ pub struct ServeArgs {
     pub shutdown_timeout_secs: u64,
 
     /// Milliseconds between SIGTERM or SIGINT turning readiness off and the
-    /// listener closing; requests keep being served meanwhile, so a load
+    /// listener closing. Requests are still served meanwhile, so a load
     /// balancer that polls /readyz can take the instance out first.
     #[arg(long, env = "TROUPE_SHUTDOWN_DELAY_MS", default_value_t = DEFAULT_SHUTDOWN_DELAY_MS,
           value_parser = clap::value_parser!(u64).range(0..=600_000))]

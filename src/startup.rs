@@ -108,9 +108,9 @@ async fn start_writer(
 
 /// Returns how many batches of user writes may be in the database at once.
 /// SQLite has one writer, so a second batch would only wait for the first
-/// and make both smaller. PostgreSQL runs batches side by side, and two in
-/// flight carried about a third more creates than one in `bench/run`;
-/// the other half of the workers stays free for reads.
+/// and make both smaller. PostgreSQL runs batches side by side: two in
+/// flight carried about a third more creates than one in `bench/run`. The
+/// other half of the workers stays free for reads.
 fn batches_in_flight(settings: &Settings) -> usize {
     match settings.database_url {
         DatabaseUrl::Sqlite(_) => 1,

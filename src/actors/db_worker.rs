@@ -16,7 +16,7 @@ pub trait DbQuery: Send + 'static {
     /// Dotted name for logs, such as `users.insert`.
     const NAME: &'static str;
 
-    /// The name of this value for logs, when it depends on the value.
+    /// Returns the name of this value for logs, when it depends on the value.
     fn name(&self) -> &'static str {
         Self::NAME
     }

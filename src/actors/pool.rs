@@ -40,7 +40,7 @@ pub struct PoolStats {
 /// shared `SyncArbiter` queue would balance load by itself, but a message
 /// to it reaches whichever thread is free, so it can neither ping one
 /// worker nor route around one. The pool sends each message to the worker
-/// with the fewest in flight, at most `MAX_IN_FLIGHT` each; beyond that,
+/// with the fewest in flight, at most `MAX_IN_FLIGHT` each. Beyond that,
 /// messages wait in the pool for the first worker with room, as they would
 /// in a shared queue.
 ///
@@ -145,8 +145,8 @@ impl WorkerPool {
     }
 
     /// Sends `dispatch` to the worker at `index`. A task of its own waits
-    /// for the reply, so the pool's context holds no future per message;
-    /// the pool hears of the reply through `Answered`.
+    /// for the reply, so the pool's context keeps no future per message.
+    /// The task reports the reply to the pool with `Answered`.
     fn start(&mut self, index: usize, dispatch: Dispatch, ctx: &mut Context<Self>) {
         let worker = &mut self.workers[index];
         worker.in_flight += 1;

@@ -75,8 +75,8 @@ impl DbConn {
             Err(error) => {
                 match with_conn!(&mut *self, c => AnsiTransactionManager::rollback_transaction(c)) {
                     Ok(()) => Err(error),
-                    // The connection may still be inside the transaction;
-                    // the rollback's error tells the caller to drop it.
+                    // The connection may still be inside the transaction, so
+                    // the rollback's error makes the caller drop it.
                     Err(rollback) => Err(db_error(rollback)),
                 }
             }

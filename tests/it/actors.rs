@@ -1489,7 +1489,7 @@ async fn worker_batch_skips_expired_writes(backend: Backend) {
     );
 }
 
-/// A create of a user with posts titled `titles`, as a batch item.
+/// Builds a batch item that creates a user with posts titled `titles`.
 fn insert_with_posts(email: &str, titles: &[&str]) -> Query<users::Write> {
     let posts = titles
         .iter()
@@ -1528,7 +1528,7 @@ fn titled(email: &str, titles: &[&str]) -> Result<(String, Vec<String>), String>
 }
 
 /// Creates alone in a batch run as one statement for the users and one for
-/// the posts; each create still gets its own user and its own posts, in the
+/// the posts. Each create still gets its own user and its own posts, in the
 /// order sent.
 async fn worker_batch_creates_run_together(backend: Backend) {
     let Some(workers) = start_workers(backend, 1) else {
@@ -1560,9 +1560,9 @@ async fn worker_batch_creates_run_together(backend: Backend) {
     assert_eq!(stored.unwrap(), 1, "the creates are committed");
 }
 
-/// A taken email fails the statement that inserts every user of the batch;
-/// the batch then runs again one create at a time, and only the create
-/// with the taken email fails.
+/// A taken email fails the statement that inserts every user of the batch.
+/// The batch then runs again one create at a time, so only the create with
+/// the taken email fails.
 async fn worker_batch_creates_fall_back_on_conflict(backend: Backend) {
     let Some(workers) = start_workers(backend, 1) else {
         return;
@@ -1606,7 +1606,7 @@ async fn user_id(workers: &Addr<DbWorker>, email: &str) -> UserId {
     run(workers, users::Insert { user }).await.unwrap().user.id
 }
 
-/// A post create for a batch.
+/// Builds a batch item that creates a post.
 fn post_write(user_id: UserId, title: &str) -> Query<posts::Write> {
     let post = PostFields {
         title: PostTitle::parse(title).unwrap(),
@@ -1624,7 +1624,7 @@ fn saved_post(result: &Result<posts::Written, ActorError>) -> Result<(UserId, St
 }
 
 /// Post creates alone in a batch run as one statement that locks their
-/// users and one that inserts them; each create gets its own post, equal
+/// users and one that inserts them. Each create gets its own post, equal
 /// posts of one user included.
 async fn worker_batch_posts_run_together(backend: Backend) {
     let Some(workers) = start_workers(backend, 1) else {
@@ -1667,8 +1667,8 @@ async fn worker_batch_posts_run_together(backend: Backend) {
     );
 }
 
-/// A post for a missing user fails the statement that locks the users; the
-/// batch then runs one create at a time and only that create fails.
+/// A post for a missing user fails the statement that locks the users. The
+/// batch then runs one create at a time, so only that create fails.
 async fn worker_batch_posts_fall_back_on_missing_user(backend: Backend) {
     let Some(workers) = start_workers(backend, 1) else {
         return;

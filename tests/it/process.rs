@@ -315,7 +315,7 @@ async fn server_error_logged_once() {
 }
 
 /// With a shutdown delay, SIGTERM turns readiness off at once while the
-/// server still serves requests, health checks and writes alike; after the
+/// server still serves requests, health checks and writes alike. After the
 /// delay it stops and exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_delay_turns_readiness_off_first() {

@@ -33,7 +33,7 @@ use crate::domain::{Page, User, UserId, UserWithPosts};
 
 const ACTOR: &str = "user_store";
 
-/// The most writes in one batch unless configured otherwise.
+/// The maximum number of writes in one batch, unless configured otherwise.
 pub const DEFAULT_MAX_BATCH: usize = 64;
 
 /// Counters of one `UserStore`, kept across its restarts.
