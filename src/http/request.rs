@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
@@ -22,10 +22,11 @@ pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id"
 /// request span, renders every error as a problem with the id, echoes the id
 /// in `X-Request-Id` and logs one line per request.
 pub async fn request_context(
-    request: ServiceRequest,
+    mut request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let started = Instant::now();
+    own_headers(&mut request);
     let request_id = request
         .headers()
         .get(&REQUEST_ID_HEADER)
@@ -180,5 +181,65 @@ impl FromRequest for RequestCtx {
             .map(|state| state.request_timeout)
             .unwrap_or(crate::startup::FALLBACK_REQUEST_TIMEOUT);
         ready(Ok(RequestCtx::new(request_id, span, budget)))
+    }
+}
+
+/// Gives the request headers memory of their own. actix-http parses header
+/// values as slices of the connection's read buffer and keeps finished
+/// requests, headers included, in per-thread pools of up to 128 each for
+/// reuse. After a burst of connections those pooled requests would keep
+/// hundreds of read buffers (8 KiB or more each), and header maps sized for
+/// 16 headers, alive long after the connections closed.
+fn own_headers(request: &mut ServiceRequest) {
+    let headers = request.headers_mut();
+    let mut owned = HeaderMap::with_capacity(headers.len_keys());
+    let mut name = None;
+    for (next, value) in headers.drain() {
+        name = next.or(name);
+        if let Some(name) = &name {
+            // `from_bytes` copies; it cannot fail on a value actix parsed.
+            let value = HeaderValue::from_bytes(value.as_bytes()).unwrap_or(value);
+            owned.append(name.clone(), value);
+        }
+    }
+    *headers = owned;
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::test::TestRequest;
+
+    use super::*;
+
+    #[test]
+    fn own_headers_keeps_every_value_in_order() {
+        let mut request = TestRequest::default()
+            .insert_header((header::HOST, "example.com"))
+            .append_header((header::IF_MATCH, "\"a\""))
+            .append_header((header::IF_MATCH, "\"b\""))
+            .insert_header((REQUEST_ID_HEADER, "req-1"))
+            .to_srv_request();
+        let before: Vec<(HeaderName, HeaderValue)> = request
+            .headers()
+            .iter()
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
+
+        own_headers(&mut request);
+
+        let if_match: Vec<_> = request.headers().get_all(header::IF_MATCH).collect();
+        assert_eq!(if_match, ["\"a\"", "\"b\""], "both values, in order");
+        assert_eq!(request.headers().len(), before.len());
+        for (name, value) in &before {
+            assert!(
+                request.headers().get_all(name).any(|kept| kept == value),
+                "{name} keeps {value:?}"
+            );
+            let copied = request
+                .headers()
+                .get_all(name)
+                .all(|kept| kept.as_bytes().as_ptr() != value.as_bytes().as_ptr());
+            assert!(copied, "{name} has memory of its own");
+        }
     }
 }
