@@ -194,6 +194,18 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// Returns how many HTTP requests have finished, over every route.
+    pub fn requests_finished(&self) -> u64 {
+        use prometheus::core::Collector;
+
+        self.http_requests
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|metric| metric.get_counter().get_value() as u64)
+            .sum()
+    }
+
     /// Counts one 503 response.
     pub fn observe_unavailable(&self, reason: &str) {
         self.unavailable.with_label_values(&[reason]).inc();

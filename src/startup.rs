@@ -16,8 +16,8 @@ use tokio::sync::watch;
 
 use crate::actors::queries::posts;
 use crate::actors::{
-    Admission, BatchStats, CacheReplica, Escalation, PoolStats, RestartPolicy, StoreStats, UserDb,
-    UserStore, WorkerPool, WorkerStats, WriteBatcher,
+    Admission, BatchStats, CacheReplica, Escalation, MemoryReleaser, PoolStats, RestartPolicy,
+    StoreStats, UserDb, UserStore, WorkerPool, WorkerStats, WriteBatcher,
 };
 use crate::config::Settings;
 use crate::db::migrations::{self, MigrationError};
@@ -28,6 +28,10 @@ use crate::metrics::{self, Metrics, Sources};
 /// Seconds between the shutdown timeout, when requests still running log
 /// that they are cut off, and the closing of their connections.
 const CUT_OFF_GRACE_SECS: u64 = 1;
+
+/// How often the `MemoryReleaser` looks for a quiet period. Memory goes
+/// back to the system between one and two intervals after the last request.
+const QUIET_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Used only if the app state is missing, which the app factory prevents.
 pub const FALLBACK_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -244,6 +248,19 @@ impl Application {
             post_writes,
             pool_stats,
         })?);
+        let mut pools = vec![db.clone().recipient()];
+        // On PostgreSQL the writer is the reader pool itself.
+        if matches!(settings.database_url, DatabaseUrl::Sqlite(_)) {
+            pools.push(writer.clone().recipient());
+        }
+        let finished = Arc::clone(&metrics);
+        let releaser = MemoryReleaser::new(
+            Arc::new(move || finished.requests_finished()),
+            pools,
+            QUIET_CHECK_INTERVAL,
+        );
+        Actor::start_in_arbiter(&store_arbiter.handle(), move |_| releaser);
+
         let shutting_down = Arc::new(AtomicBool::new(false));
         let (cut_off, cut_off_notice) = watch::channel(false);
         let state = web::Data::new(AppState {

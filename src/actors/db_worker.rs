@@ -96,6 +96,26 @@ impl Actor for DbWorker {
 }
 
 impl DbWorker {
+    /// Frees what the worker's connection caches and returns 1 if it did,
+    /// 0 if it holds no connection or one with no cache to free.
+    pub(super) fn release_memory(&mut self) -> usize {
+        let Some(conn) = &mut self.conn else {
+            return 0;
+        };
+        match conn.release_memory() {
+            Ok(released) => usize::from(released),
+            Err(error) => {
+                tracing::warn!(error = %error, "database connection could not free its cache");
+                if error.breaks_connection() {
+                    self.conn = None;
+                }
+                0
+            }
+        }
+    }
+}
+
+impl DbWorker {
     fn skip_expired(&self, name: &'static str) -> ActorError {
         self.stats.deadline_skips.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(

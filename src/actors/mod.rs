@@ -9,12 +9,15 @@
 //!   connection and runs one query, or one batch of writes, per message.
 //! - `WorkerPool` (async) routes messages to the `DbWorker`s and replaces
 //!   one that stops answering its health ping.
+//! - `MemoryReleaser` (async) frees caches and returns memory to the system
+//!   once traffic stops.
 
 mod admission;
 mod batch;
 mod context;
 mod db_worker;
 mod error;
+mod memory;
 mod pool;
 pub mod queries;
 mod supervision;
@@ -29,6 +32,7 @@ pub use context::{RequestCtx, RequestId};
 pub use db_worker::{DbQuery, DbWorker, Query, WorkerStats};
 pub(crate) use error::panic_message;
 pub use error::ActorError;
+pub use memory::{ActivityCount, CheckQuiet, MemoryReleaser, ReleaseMemory};
 pub use pool::{Ping, PoolStats, WorkerPool};
 pub use supervision::{Escalation, RestartDecision, RestartPolicy, RestartTracker};
 #[cfg(feature = "test-hooks")]

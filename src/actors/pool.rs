@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use actix::fut::{self, ActorFutureExt};
 use actix::prelude::*;
-use futures_util::future::LocalBoxFuture;
+use futures_util::future::{join_all, LocalBoxFuture};
 use tokio::sync::oneshot;
 
-use super::{ActorError, Batch, DbQuery, DbWorker, Query, WorkerStats};
+use super::{ActorError, Batch, DbQuery, DbWorker, Query, ReleaseMemory, WorkerStats};
 use crate::db::DbPool;
 
 /// How often each worker is pinged.
@@ -96,6 +96,30 @@ impl Handler<Ping> for DbWorker {
     type Result = ();
 
     fn handle(&mut self, _: Ping, _: &mut SyncContext<Self>) {}
+}
+
+/// Frees what the worker's connection caches, after the messages before it.
+impl Handler<ReleaseMemory> for DbWorker {
+    type Result = usize;
+
+    fn handle(&mut self, _: ReleaseMemory, _: &mut SyncContext<Self>) -> usize {
+        self.release_memory()
+    }
+}
+
+/// Asks every worker that is not stuck; a stuck one would not answer.
+impl Handler<ReleaseMemory> for WorkerPool {
+    type Result = ResponseFuture<usize>;
+
+    fn handle(&mut self, _: ReleaseMemory, _: &mut Context<Self>) -> Self::Result {
+        let replies: Vec<_> = self
+            .workers
+            .iter()
+            .filter(|worker| !worker.stuck)
+            .map(|worker| worker.addr.send(ReleaseMemory))
+            .collect();
+        Box::pin(async move { join_all(replies).await.into_iter().flatten().sum() })
+    }
 }
 
 impl WorkerPool {

@@ -84,6 +84,22 @@ impl DbConn {
     }
 }
 
+impl DbConn {
+    /// Frees the memory this connection caches but does not need now: the
+    /// unused part of SQLite's page cache, which a busy connection fills up
+    /// to its limit. Returns whether there was such a cache. PostgreSQL
+    /// connections cache nothing of note on this side.
+    pub fn release_memory(&mut self) -> Result<bool, DbError> {
+        match self {
+            Self::Pg(_) => Ok(false),
+            Self::Sqlite(conn) => {
+                conn.batch_execute("PRAGMA shrink_memory")?;
+                Ok(true)
+            }
+        }
+    }
+}
+
 /// Connection pool settings, all validated by the configuration.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {

@@ -17,8 +17,9 @@ use tokio::sync::oneshot;
 use troupe::actors::queries::{posts, users};
 use troupe::actors::{
     ActorError, Batch, CacheReplica, CreateUser, DbQuery, DbWorker, DeleteUser, Escalation,
-    GetUser, GetUserWithPosts, InjectPanic, PatchUser, Query, ReplaceUser, RequestCtx, RequestId,
-    RestartPolicy, StoreStats, UserDb, UserStore, WorkerStats,
+    GetUser, GetUserWithPosts, InjectPanic, PatchUser, PoolStats, Query, ReleaseMemory,
+    ReplaceUser, RequestCtx, RequestId, RestartPolicy, StoreStats, UserDb, UserStore, WorkerPool,
+    WorkerStats,
 };
 use troupe::db::{DbConn, DbError, DbPool, PoolSettings};
 use troupe::domain::{
@@ -838,6 +839,7 @@ actix_on_both_backends!(
     worker_batch_creates_fall_back_on_conflict,
     worker_batch_posts_run_together,
     worker_batch_posts_fall_back_on_missing_user,
+    worker_pool_releases_memory,
 );
 
 /// A migrated database and a pool of `DbWorker`s on it.
@@ -852,14 +854,7 @@ struct Workers {
 fn start_workers(backend: Backend, count: usize) -> Option<Workers> {
     let db = TestDb::create(backend)?;
     troupe::db::migrations::run_pending(&db.url).unwrap();
-    let settings = PoolSettings {
-        max_size: u32::try_from(count).unwrap(),
-        min_idle: None,
-        connection_timeout: Duration::from_secs(10),
-        sqlite_busy_timeout: Duration::from_secs(10),
-        pg_statement_timeout: Duration::from_secs(10),
-    };
-    let pool = DbPool::connect(&db.url, &settings).unwrap();
+    let pool = DbPool::connect(&db.url, &pool_settings(count)).unwrap();
     let stats = Arc::new(WorkerStats::default());
     let addr = DbWorker::start_pool(count, pool, Arc::clone(&stats));
     Some(Workers {
@@ -867,6 +862,16 @@ fn start_workers(backend: Backend, count: usize) -> Option<Workers> {
         stats,
         _db: db,
     })
+}
+
+fn pool_settings(connections: usize) -> PoolSettings {
+    PoolSettings {
+        max_size: u32::try_from(connections).unwrap(),
+        min_idle: None,
+        connection_timeout: Duration::from_secs(10),
+        sqlite_busy_timeout: Duration::from_secs(10),
+        pg_statement_timeout: Duration::from_secs(10),
+    }
 }
 
 async fn run<Q: DbQuery>(workers: &Addr<DbWorker>, query: Q) -> Result<Q::Output, ActorError> {
@@ -1083,6 +1088,64 @@ async fn worker_pool_survives_panics(backend: Backend) {
     assert!(
         together.iter().all(|reply| matches!(reply, Ok(true))),
         "all {WORKERS} workers still run queries at the same time: {together:?}"
+    );
+}
+
+async fn worker_pool_releases_memory(backend: Backend) {
+    const WORKERS: usize = 3;
+    let Some(db) = TestDb::create(backend) else {
+        return;
+    };
+    troupe::db::migrations::run_pending(&db.url).unwrap();
+    let pool = DbPool::connect(&db.url, &pool_settings(WORKERS)).unwrap();
+    let pool = WorkerPool::new(
+        WORKERS,
+        pool,
+        Arc::new(WorkerStats::default()),
+        Arc::new(PoolStats::default()),
+        Duration::from_secs(60),
+    )
+    .start();
+    let send = |query| pool.send(Query::new(ctx(), query));
+
+    let before = pool.send(ReleaseMemory).await.unwrap();
+    // Each worker takes a connection for its query; the pool spreads the
+    // three over the three workers, as they wait for each other.
+    let arrived = Arc::new((Mutex::new(0), Condvar::new()));
+    let together = join_all((0..WORKERS).map(|_| {
+        send(Rendezvous {
+            arrived: Arc::clone(&arrived),
+            expected: WORKERS,
+        })
+    }))
+    .await;
+    let released = pool.send(ReleaseMemory).await.unwrap();
+    let inserted = pool
+        .send(Query::new(
+            ctx(),
+            users::Insert {
+                user: new_user("Ada Lovelace", "ada@example.com"),
+            },
+        ))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        before, 0,
+        "no worker holds a connection before its first query"
+    );
+    assert!(
+        together.iter().all(|reply| matches!(reply, Ok(Ok(true)))),
+        "the three queries ran side by side: {together:?}"
+    );
+    let caching = match backend {
+        Backend::Sqlite => WORKERS,
+        Backend::Postgres => 0,
+    };
+    assert_eq!(released, caching, "every SQLite connection frees its cache");
+    assert!(
+        inserted.is_ok(),
+        "the workers still write after: {inserted:?}"
     );
 }
 
