@@ -10,8 +10,9 @@
 //!    user operations to the `UserStore` actor, post reads straight to the
 //!    `WorkerPool`, post writes to a `WriteBatcher`.
 //! 3. The `UserStore` serves reads from its cache or sends a query message
-//!    (`actors::queries`) to the `WorkerPool`, and queues writes into
-//!    batches that one worker commits in one transaction (`actors::batch`).
+//!    (`actors::queries`) to the `WorkerPool`, gathering the misses that
+//!    arrive together into one query, and queues writes into batches that
+//!    one worker commits in one transaction (`actors::batch`).
 //!    The pool routes each message to a `DbWorker`, which runs the matching
 //!    plain function from `db` on its own connection, in a transaction, or
 //!    in its batch's transaction, where it writes.

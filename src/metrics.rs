@@ -57,6 +57,8 @@ struct CopiedCounters {
     user_batched_writes: IntCounter,
     post_batches: IntCounter,
     post_batched_writes: IntCounter,
+    read_batches: IntCounter,
+    batched_reads: IntCounter,
     workers_replaced: IntCounter,
 }
 
@@ -174,6 +176,14 @@ impl Metrics {
                 user_batched_writes: batched_writes.with_label_values(&["users"]),
                 post_batches: write_batches.with_label_values(&["posts"]),
                 post_batched_writes: batched_writes.with_label_values(&["posts"]),
+                read_batches: counter(
+                    "user_read_batches_total",
+                    "Queries that read several uncached users at once.",
+                )?,
+                batched_reads: counter(
+                    "user_batched_reads_total",
+                    "Uncached user reads answered by those queries.",
+                )?,
                 workers_replaced: counter(
                     "db_workers_replaced_total",
                     "Database workers replaced because they did not answer a health ping in time.",
@@ -257,6 +267,8 @@ impl Metrics {
             ),
             (&self.copied.post_batches, load(&post_writes.batches)),
             (&self.copied.post_batched_writes, load(&post_writes.writes)),
+            (&self.copied.read_batches, load(&store_stats.reads.batches)),
+            (&self.copied.batched_reads, load(&store_stats.reads.reads)),
             (&self.copied.workers_replaced, load(&pool_stats.replaced)),
         ];
         for (counter, total) in copies {

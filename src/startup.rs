@@ -215,7 +215,8 @@ impl Application {
             Arc::clone(&store_stats),
         )
         .with_supervision(RestartPolicy::default(), Arc::clone(&escalation))
-        .with_batching(settings.write_batch_max, batches_in_flight(&settings));
+        .with_batching(settings.write_batch_max, batches_in_flight(&settings))
+        .with_read_batching(settings.db_workers);
         if settings.cache_capacity.is_none() {
             store = store.without_cache();
         }

@@ -29,6 +29,21 @@ pub fn find(conn: &mut DbConn, id: UserId) -> Result<User, DbError> {
     })
 }
 
+/// Reads the live users among `ids` with one statement, in no set order.
+/// Ids of missing or deleted users are left out.
+pub fn find_many(conn: &mut DbConn, ids: &[UserId]) -> Result<Vec<User>, DbError> {
+    let ids: Vec<i64> = ids.iter().map(|id| id.get()).collect();
+    with_conn!(conn, c => {
+        users::table
+            .filter(users::id.eq_any(&ids))
+            .filter(users::deleted_at.is_null())
+            .select(UserRow::as_select())
+            .load(c)
+            .map(|rows| rows.into_iter().map(User::from).collect())
+            .map_err(DbError::from)
+    })
+}
+
 /// Reads a user and its first posts in one transaction, so both come from
 /// the same snapshot.
 pub fn find_with_posts(conn: &mut DbConn, id: UserId) -> Result<UserWithPosts, DbError> {

@@ -37,6 +37,7 @@ use crate::helpers::{Backend, TestDb};
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Sent {
     Find(users::Find),
+    FindMany(users::FindMany),
     FindWithPosts(users::FindWithPosts),
     List(users::List),
     Insert(users::Insert),
@@ -55,6 +56,7 @@ enum Reply<T> {
 #[derive(Default)]
 struct Replies {
     find: VecDeque<Reply<User>>,
+    find_many: VecDeque<Reply<Vec<User>>>,
     find_with_posts: VecDeque<Reply<UserWithPosts>>,
     list: VecDeque<Reply<Page<User>>>,
     insert: VecDeque<Reply<UserWithPosts>>,
@@ -94,6 +96,17 @@ impl Script {
             .into_iter()
             .filter_map(|sent| match sent {
                 Sent::Find(find) => Some(find.id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Returns the ids of each `users::FindMany` received so far.
+    fn find_manys(&self) -> Vec<Vec<UserId>> {
+        self.sent()
+            .into_iter()
+            .filter_map(|sent| match sent {
+                Sent::FindMany(find) => Some(find.ids),
                 _ => None,
             })
             .collect()
@@ -158,6 +171,7 @@ macro_rules! records {
 }
 
 records!(Find, Find, find);
+records!(FindMany, FindMany, find_many);
 records!(FindWithPosts, FindWithPosts, find_with_posts);
 records!(List, List, list);
 
@@ -245,6 +259,14 @@ impl Handler<Stop> for RecordingDb {
 
 /// Starts a `UserStore` wired to a fresh `RecordingDb`.
 fn recorded_store(capacity: usize) -> (Addr<UserStore>, Addr<RecordingDb>, Arc<Script>) {
+    recorded_store_with(capacity, |store| store)
+}
+
+/// Like `recorded_store`, with the store adjusted by `configure` first.
+fn recorded_store_with(
+    capacity: usize,
+    configure: impl FnOnce(UserStore) -> UserStore,
+) -> (Addr<UserStore>, Addr<RecordingDb>, Arc<Script>) {
     let script = Arc::new(Script::default());
     let recorder = RecordingDb {
         script: Arc::clone(&script),
@@ -254,9 +276,16 @@ fn recorded_store(capacity: usize) -> (Addr<UserStore>, Addr<RecordingDb>, Arc<S
         UserDb::new(&recorder),
         NonZeroUsize::new(capacity).unwrap(),
         Arc::new(StoreStats::default()),
-    )
-    .start();
-    (store, recorder, script)
+    );
+    (configure(store).start(), recorder, script)
+}
+
+/// Starts a `UserStore` that has at most `max_in_flight` reads of cache
+/// misses in the database and reads the others together.
+fn read_batching_store(max_in_flight: usize) -> (Addr<UserStore>, Arc<Script>) {
+    let (store, _recorder, script) =
+        recorded_store_with(8, |store| store.with_read_batching(max_in_flight));
+    (store, script)
 }
 
 /// Starts a supervised `UserStore` wired to a fresh `RecordingDb`, as
@@ -753,6 +782,124 @@ async fn store_overlapping_read_not_cached() {
     assert_eq!(fresh.unwrap(), renamed, "the new read returns the patch");
 }
 
+/// Sends one `GetUser` for each raw id, queued in order.
+fn send_gets(store: &Addr<UserStore>, ids: &[i64]) -> Vec<actix::dev::Request<UserStore, GetUser>> {
+    ids.iter()
+        .map(|&raw| {
+            store.send(GetUser {
+                ctx: ctx(),
+                id: id(raw),
+            })
+        })
+        .collect()
+}
+
+/// Waits until the store has handled every message sent before this call:
+/// it handles messages in order, and the reply to this one comes from the
+/// database (an error, since none is scripted).
+async fn handled_so_far(store: &Addr<UserStore>) {
+    let _ = store
+        .send(GetUserWithPosts {
+            ctx: ctx(),
+            id: id(999),
+        })
+        .await;
+}
+
+/// Misses that arrive while a read is in the database wait for it, then go
+/// together in one `FindMany`, each id once; each read gets its own user,
+/// and one the query did not return is not found.
+#[actix::test]
+async fn store_reads_misses_together() {
+    let (store, script) = read_batching_store(1);
+    let ada = user(1, "Ada", "ada@example.com");
+    let bob = user(2, "Bob", "bob@example.com");
+    let eve = user(3, "Eve", "eve@example.com");
+    let (release_first, held_first) = oneshot::channel();
+    script.replies().find.push_back(Reply::Held(held_first));
+    script
+        .replies()
+        .find_many
+        .push_back(Reply::Ready(Ok(vec![eve.clone(), bob.clone()])));
+
+    let first = send_gets(&store, &[1]);
+    let later = send_gets(&store, &[2, 3, 2, 4]);
+    handled_so_far(&store).await;
+    let gathered_while_held = script.find_manys();
+    release_first.send(Ok(ada.clone())).unwrap();
+    let first: Vec<_> = join_all(first).await;
+    let later: Vec<_> = join_all(later)
+        .await
+        .into_iter()
+        .map(|reply| ActorError::flatten("user_store", reply))
+        .collect();
+
+    assert!(
+        gathered_while_held.is_empty(),
+        "nothing more is sent while the first read is in the database"
+    );
+    assert_eq!(script.finds(), vec![id(1)], "the first read goes alone");
+    assert_eq!(
+        script.find_manys(),
+        vec![vec![id(2), id(3), id(4)]],
+        "the later reads go in one FindMany, each id once"
+    );
+    let first = ActorError::flatten("user_store", first.into_iter().next().unwrap());
+    assert_eq!(first.unwrap(), ada, "the first read gets its user");
+    assert_eq!(later[0].as_ref().unwrap(), &bob, "id 2 gets Bob");
+    assert_eq!(later[1].as_ref().unwrap(), &eve, "id 3 gets Eve");
+    assert_eq!(later[2].as_ref().unwrap(), &bob, "id 2 again gets Bob");
+    assert!(
+        matches!(later[3], Err(ActorError::Db(DbError::NotFound))),
+        "id 4, which the query did not return, is not found: {:?}",
+        later[3]
+    );
+}
+
+/// A `FindMany` that fails gives its error to every read in it, and the
+/// store sends the next reads as before.
+#[actix::test]
+async fn store_read_batch_failure_reaches_every_read() {
+    let (store, script) = read_batching_store(1);
+    let ada = user(1, "Ada", "ada@example.com");
+    let (release_first, held_first) = oneshot::channel();
+    script.replies().find.push_back(Reply::Held(held_first));
+    script
+        .replies()
+        .find_many
+        .push_back(Reply::Ready(Err(ActorError::DeadlineExceeded)));
+    script
+        .replies()
+        .find
+        .push_back(Reply::Ready(Ok(ada.clone())));
+
+    let first = send_gets(&store, &[1]);
+    let later = send_gets(&store, &[2, 3]);
+    handled_so_far(&store).await;
+    release_first
+        .send(Err(ActorError::DeadlineExceeded))
+        .unwrap();
+    join_all(first).await;
+    let later: Vec<_> = join_all(later)
+        .await
+        .into_iter()
+        .map(|reply| ActorError::flatten("user_store", reply))
+        .collect();
+    let next = get(&store, id(1)).await;
+
+    for (index, reply) in later.iter().enumerate() {
+        assert!(
+            matches!(reply, Err(ActorError::Batch(error)) if matches!(**error, ActorError::DeadlineExceeded)),
+            "read {index} gets the query's error: {reply:?}"
+        );
+    }
+    assert_eq!(
+        next.unwrap(),
+        ada,
+        "a read after the failure is sent as usual"
+    );
+}
+
 /// A read that completes while a write is in flight may fill the cache, but
 /// the write's reply must not reach the caller before that entry is evicted.
 #[actix::test]
@@ -840,6 +987,7 @@ actix_on_both_backends!(
     worker_batch_posts_run_together,
     worker_batch_posts_fall_back_on_missing_user,
     worker_pool_releases_memory,
+    worker_find_many_skips_missing_and_deleted,
 );
 
 /// A migrated database and a pool of `DbWorker`s on it.
@@ -1088,6 +1236,52 @@ async fn worker_pool_survives_panics(backend: Backend) {
     assert!(
         together.iter().all(|reply| matches!(reply, Ok(true))),
         "all {WORKERS} workers still run queries at the same time: {together:?}"
+    );
+}
+
+async fn worker_find_many_skips_missing_and_deleted(backend: Backend) {
+    let Some(workers) = start_workers(backend, 1) else {
+        return;
+    };
+    let mut ids = Vec::new();
+    for email in ["ada@example.com", "bob@example.com", "eve@example.com"] {
+        let created = run(
+            &workers.addr,
+            users::Insert {
+                user: new_user("Someone", email),
+            },
+        )
+        .await
+        .unwrap();
+        ids.push(created.user.id);
+    }
+    run(
+        &workers.addr,
+        users::Delete {
+            id: ids[1],
+            mode: DeleteMode::Soft,
+            if_match: None,
+        },
+    )
+    .await
+    .unwrap();
+    let missing = id(ids[2].get() + 100);
+
+    let found = run(
+        &workers.addr,
+        users::FindMany {
+            ids: vec![ids[2], ids[1], missing, ids[0]],
+        },
+    )
+    .await
+    .unwrap();
+
+    let mut emails: Vec<_> = found.iter().map(|user| user.email.as_str()).collect();
+    emails.sort_unstable();
+    assert_eq!(
+        emails,
+        ["ada@example.com", "eve@example.com"],
+        "the live users only; the deleted and the missing id are left out"
     );
 }
 
@@ -1894,18 +2088,8 @@ async fn create_behind_first_batch(
 
 /// Starts a `UserStore` with `max_batch` wired to a fresh `RecordingDb`.
 fn batching_store(max_batch: usize) -> (Addr<UserStore>, Arc<Script>) {
-    let script = Arc::new(Script::default());
-    let recorder = RecordingDb {
-        script: Arc::clone(&script),
-    }
-    .start();
-    let store = UserStore::new(
-        UserDb::new(&recorder),
-        NonZeroUsize::new(8).unwrap(),
-        Arc::new(StoreStats::default()),
-    )
-    .with_batching(max_batch, 1)
-    .start();
+    let (store, _recorder, script) =
+        recorded_store_with(8, |store| store.with_batching(max_batch, 1));
     (store, script)
 }
 

@@ -118,7 +118,56 @@ crate::on_both_backends!(
     metrics_count_panics_and_restarts,
     duplicate_creates_in_batches_conflict_alone,
     concurrent_posts_go_in_batches,
+    concurrent_uncached_reads_get_their_own_user,
 );
+
+/// Forty-two concurrent reads with the cache off, spread over five live
+/// users, a deleted one and an id never used: each live read gets its own
+/// user, the others 404, however the reads were gathered into queries.
+async fn concurrent_uncached_reads_get_their_own_user(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, |settings| settings.cache_capacity = None).await
+    else {
+        return;
+    };
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        let created = app
+            .create_user("Reader", &format!("reader{n}@example.com"))
+            .await;
+        ids.push(created["id"].as_i64().unwrap());
+    }
+    let deleted = ids[5];
+    let gone = app
+        .delete(&format!("/api/v1/users/{deleted}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 204);
+    ids.push(deleted + 1000);
+
+    let mut reads = JoinSet::new();
+    for n in 0..42 {
+        let id = ids[n % ids.len()];
+        let request = app.get(&format!("/api/v1/users/{id}"));
+        reads.spawn(async move { (id, request.send().await) });
+    }
+    let mut found = 0;
+    while let Some(joined) = reads.join_next().await {
+        let (id, response) = joined.unwrap();
+        let response = response.unwrap();
+        if id >= deleted {
+            assert_eq!(response.status(), 404, "user {id} is deleted or missing");
+            continue;
+        }
+        assert_eq!(response.status(), 200, "user {id} is live");
+        let user: Value = response.json().await.unwrap();
+        assert_eq!(user["id"], id, "the read gets the user it asked for");
+        found += 1;
+    }
+
+    assert_eq!(found, 30, "five live users, six reads each");
+    app.stop().await;
+}
 
 /// Thirty concurrent post creates for three users, ten of them for a user
 /// deleted meanwhile: the others are stored, each answered with its own post,

@@ -19,6 +19,22 @@ impl DbQuery for Find {
     }
 }
 
+/// Several `Find`s in one statement, for reads that arrive together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FindMany {
+    pub ids: Vec<UserId>,
+}
+
+impl DbQuery for FindMany {
+    /// The live users among `ids`, in no set order.
+    type Output = Vec<User>;
+    const NAME: &'static str = "users.find_many";
+
+    fn run(self, conn: &mut DbConn) -> Result<Vec<User>, DbError> {
+        db::users::find_many(conn, &self.ids)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FindWithPosts {
     pub id: UserId,

@@ -3,6 +3,7 @@
 
 mod messages;
 mod port;
+mod reads;
 mod replica;
 
 use std::num::NonZeroUsize;
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use actix::fut::{self, ActorFutureExt, WrapFuture};
 use actix::prelude::*;
-use futures_util::future::join_all;
+use futures_util::future::{join_all, LocalBoxFuture};
 use lru::LruCache;
 
 use messages::WriteFinished;
@@ -22,6 +23,8 @@ pub use messages::{
 };
 use port::send_admitted;
 pub use port::{UserDb, UserQueryHandler};
+pub use reads::ReadStats;
+use reads::{ReadQueue, ReadsAnswered};
 pub use replica::{AddReplica, CacheReplica, EvictReplica};
 
 use super::queries::users::{self, Written};
@@ -43,6 +46,8 @@ pub struct StoreStats {
     pub panics: AtomicU64,
     /// The batches of user writes.
     pub writes: BatchStats,
+    /// The cache misses read together.
+    pub reads: Arc<ReadStats>,
 }
 
 /// The owner of user state. Every user operation passes through it. It runs
@@ -70,6 +75,9 @@ pub struct UserStore {
     /// Writes waiting for the next batch. They are requests, not state, so
     /// they stay queued across a restart.
     writes: WriteQueue<users::Write>,
+    /// Cache misses waiting to be read together, or `None` when each goes
+    /// to the database alone. Kept across restarts, like the writes.
+    reads: Option<ReadQueue>,
     /// The cache replicas on the HTTP worker threads, which every write
     /// evicts from before its reply. Kept across restarts.
     replicas: Vec<Recipient<EvictReplica>>,
@@ -88,8 +96,17 @@ impl UserStore {
             backoff: None,
             caching: true,
             writes: WriteQueue::new(DEFAULT_MAX_BATCH, 1),
+            reads: None,
             replicas: Vec::new(),
         }
+    }
+
+    /// Reads cache misses together: at most `max_in_flight` queries for
+    /// misses are in the database at once, and the misses that arrive
+    /// meanwhile go in the next one (see `reads`).
+    pub fn with_read_batching(mut self, max_in_flight: usize) -> Self {
+        self.reads = Some(ReadQueue::new(max_in_flight));
+        self
     }
 
     /// Puts at most `max_batch` writes in one batch (1 turns batching off)
@@ -182,6 +199,41 @@ impl UserStore {
     fn flush(&mut self, ctx: &mut Context<Self>) {
         self.writes
             .flush(&self.db.write, ctx.address(), &self.stats.writes);
+    }
+
+    /// Reads user `id` from the database: in the read queue when reads are
+    /// batched and the database queue has a free place at once, otherwise
+    /// alone, after waiting for a place.
+    fn read(
+        &mut self,
+        ctx: &mut Context<Self>,
+        request: RequestCtx,
+        id: UserId,
+    ) -> LocalBoxFuture<'static, Result<User, ActorError>> {
+        if let Some(reads) = &mut self.reads {
+            if let Some(ticket) = self.db.admission.try_admit() {
+                let user = reads.push(id, request, ticket);
+                reads.flush(&self.db, ctx.address(), &self.stats.reads);
+                return Box::pin(user);
+            }
+        }
+        let query = Query::new(request, users::Find { id });
+        Box::pin(send_admitted(
+            self.db.admission.clone(),
+            self.db.find.clone(),
+            query,
+        ))
+    }
+}
+
+impl Handler<ReadsAnswered> for UserStore {
+    type Result = ();
+
+    fn handle(&mut self, _: ReadsAnswered, ctx: &mut Context<Self>) {
+        if let Some(reads) = &mut self.reads {
+            reads.finished();
+            reads.flush(&self.db, ctx.address(), &self.stats.reads);
+        }
     }
 }
 
@@ -288,7 +340,7 @@ impl Handler<GetUser> for UserStore {
     fn handle(&mut self, message: GetUser, ctx: &mut Context<Self>) -> Self::Result {
         let on_panic =
             || Box::pin(fut::ready(Err(ActorError::Panicked { actor: ACTOR }))) as Self::Result;
-        self.guarded(ctx, "get_user", |store, _| {
+        self.guarded(ctx, "get_user", |store, ctx| {
             let GetUser { ctx: request, id } = message;
             let span = request.span.clone();
             let _entered = span.enter();
@@ -300,8 +352,7 @@ impl Handler<GetUser> for UserStore {
 
             let generation = store.generation;
             let span = span.clone();
-            let query = Query::new(request, users::Find { id });
-            let reply = send_admitted(store.db.admission.clone(), store.db.find.clone(), query);
+            let reply = store.read(ctx, request, id);
             Box::pin(reply.into_actor(store).map(move |result, store, _| {
                 if let Ok(user) = &result {
                     if store.caching && store.generation == generation {

@@ -13,6 +13,7 @@ use crate::actors::{ActorError, Admission, Batch, DbQuery, Query};
 #[derive(Clone)]
 pub struct UserDb {
     pub find: Recipient<Query<users::Find>>,
+    pub find_many: Recipient<Query<users::FindMany>>,
     pub find_with_posts: Recipient<Query<users::FindWithPosts>>,
     pub list: Recipient<Query<users::List>>,
     /// Every write goes here, in batches.
@@ -25,6 +26,7 @@ pub struct UserDb {
 pub trait UserQueryHandler:
     Actor
     + Handler<Query<users::Find>>
+    + Handler<Query<users::FindMany>>
     + Handler<Query<users::FindWithPosts>>
     + Handler<Query<users::List>>
     + Handler<Batch<users::Write>>
@@ -34,6 +36,7 @@ pub trait UserQueryHandler:
 impl<A> UserQueryHandler for A where
     A: Actor
         + Handler<Query<users::Find>>
+        + Handler<Query<users::FindMany>>
         + Handler<Query<users::FindWithPosts>>
         + Handler<Query<users::List>>
         + Handler<Batch<users::Write>>
@@ -45,12 +48,14 @@ impl UserDb {
     where
         A: UserQueryHandler,
         A::Context: ToEnvelope<A, Query<users::Find>>
+            + ToEnvelope<A, Query<users::FindMany>>
             + ToEnvelope<A, Query<users::FindWithPosts>>
             + ToEnvelope<A, Query<users::List>>
             + ToEnvelope<A, Batch<users::Write>>,
     {
         Self {
             find: addr.clone().recipient(),
+            find_many: addr.clone().recipient(),
             find_with_posts: addr.clone().recipient(),
             list: addr.clone().recipient(),
             write: addr.clone().recipient(),
