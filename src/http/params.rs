@@ -151,17 +151,16 @@ pub fn if_match(request: &HttpRequest) -> Option<IfMatch> {
 }
 
 /// Tells whether `If-None-Match` lists `etag`, comparing weakly as RFC 9110
-/// requires for GET.
+/// requires for GET. Repeated header lines form one list.
 pub fn if_none_match(request: &HttpRequest, etag: &str) -> bool {
-    let Some(Ok(value)) = request
+    request
         .headers()
-        .get(header::IF_NONE_MATCH)
-        .map(|v| v.to_str())
-    else {
-        return false;
-    };
-    value.split(',').map(str::trim).any(|tag| {
-        let tag = tag.strip_prefix("W/").unwrap_or(tag);
-        tag == "*" || tag == etag
-    })
+        .get_all(header::IF_NONE_MATCH)
+        .filter_map(|line| line.to_str().ok())
+        .flat_map(|line| line.split(','))
+        .map(str::trim)
+        .any(|tag| {
+            let tag = tag.strip_prefix("W/").unwrap_or(tag);
+            tag == "*" || tag == etag
+        })
 }

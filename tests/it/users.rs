@@ -967,6 +967,28 @@ async fn get_if_none_match_304(backend: Backend) {
     app.stop().await;
 }
 
+/// Repeated `If-None-Match` lines form one list, so a match on the second
+/// line counts.
+async fn get_if_none_match_second_line_304(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let user = app.create_user("Ada", "ada@example.com").await;
+    let path = user_path(id_of(&user));
+    let (tag, _) = fetch(&app, &path).await;
+
+    let response = app
+        .get(&path)
+        .header("if-none-match", "\"0\"")
+        .header("if-none-match", &tag)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 304);
+    app.stop().await;
+}
+
 async fn get_stale_tag_200(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else {
         return;
@@ -1721,6 +1743,7 @@ crate::on_both_backends!(
     big_id_round_trips,
     get_returns_etag,
     get_if_none_match_304,
+    get_if_none_match_second_line_304,
     get_stale_tag_200,
     get_include_posts,
     get_include_comments_400,
