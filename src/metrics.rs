@@ -204,7 +204,8 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// Returns how many HTTP requests have finished, over every route.
+    /// Returns how many HTTP requests have finished, over every route but
+    /// the probes (see `is_probe`).
     pub fn requests_finished(&self) -> u64 {
         use prometheus::core::Collector;
 
@@ -212,6 +213,13 @@ impl Metrics {
             .collect()
             .iter()
             .flat_map(|family| family.get_metric())
+            .filter(|metric| {
+                let route = metric
+                    .get_label()
+                    .iter()
+                    .find(|label| label.name() == "route");
+                !route.is_some_and(|label| is_probe(label.value()))
+            })
             .map(|metric| metric.get_counter().get_value() as u64)
             .sum()
     }
@@ -277,6 +285,62 @@ impl Metrics {
     }
 }
 
+/// Tells whether `route` is a health check or the metrics page. An
+/// orchestrator or Prometheus calls them every few seconds, so counting them
+/// as traffic would keep the service from ever looking quiet.
+fn is_probe(route: &str) -> bool {
+    matches!(
+        route,
+        "/healthz" | "/readyz" | "/metrics" | "/api/v1/healthz"
+    )
+}
+
 fn load(counter: &std::sync::atomic::AtomicU64) -> u64 {
     counter.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::db::{DatabaseUrl, PoolSettings};
+
+    fn metrics(dir: &tempfile::TempDir) -> Metrics {
+        let url = DatabaseUrl::Sqlite(dir.path().join("metrics.db"));
+        let settings = PoolSettings {
+            max_size: 1,
+            min_idle: Some(1),
+            connection_timeout: Duration::from_secs(5),
+            sqlite_busy_timeout: Duration::from_secs(1),
+            pg_statement_timeout: Duration::from_secs(1),
+        };
+        Metrics::new(Sources {
+            pool: DbPool::connect(&url, &settings).unwrap(),
+            admission: Admission::unbounded(),
+            queue_wait: queue_wait_histogram().unwrap(),
+            worker_stats: Arc::default(),
+            store_stats: Arc::default(),
+            post_writes: Arc::default(),
+            pool_stats: Arc::default(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn requests_finished_skips_probes() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = metrics(&dir);
+
+        for route in ["/healthz", "/readyz", "/metrics", "/api/v1/healthz"] {
+            metrics.observe_request("GET", route, 200, 0.001);
+        }
+        let after_probes = metrics.requests_finished();
+        metrics.observe_request("GET", "/api/v1/users/{id}", 200, 0.001);
+        metrics.observe_request("POST", "/api/v1/users", 503, 0.001);
+        metrics.observe_request("GET", "unmatched", 404, 0.001);
+
+        assert_eq!(after_probes, 0, "probes are not traffic");
+        assert_eq!(metrics.requests_finished(), 3, "every other request is");
+    }
 }
