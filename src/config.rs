@@ -316,24 +316,23 @@ impl Settings {
                 pool: serve.db_pool_size,
             });
         }
-        let waits = [
-            (
+        // Only the wait of the configured backend applies.
+        let (setting, value) = match database_url {
+            DatabaseUrl::Sqlite(_) => (
                 "--sqlite-busy-timeout-ms (TROUPE_SQLITE_BUSY_TIMEOUT_MS)",
                 serve.sqlite_busy_timeout_ms,
             ),
-            (
+            DatabaseUrl::Postgres(_) => (
                 "--pg-statement-timeout-ms (TROUPE_PG_STATEMENT_TIMEOUT_MS)",
                 serve.pg_statement_timeout_ms,
             ),
-        ];
-        for (setting, value) in waits {
-            if value >= serve.request_timeout_ms {
-                return Err(ConfigError::WaitExceedsBudget {
-                    setting,
-                    value,
-                    budget: serve.request_timeout_ms,
-                });
-            }
+        };
+        if value >= serve.request_timeout_ms {
+            return Err(ConfigError::WaitExceedsBudget {
+                setting,
+                value,
+                budget: serve.request_timeout_ms,
+            });
         }
 
         if serve.db_worker_ping_budget_ms <= serve.request_timeout_ms {
@@ -429,9 +428,11 @@ mod tests {
 
     #[test]
     fn database_waits_fit_budget() {
-        let url = DatabaseUrl::Sqlite("x.db".into());
+        let sqlite = DatabaseUrl::Sqlite("x.db".into());
+        let postgres = DatabaseUrl::Postgres("postgres://localhost/x".into());
         let cases = [
             (
+                &sqlite,
                 "TROUPE_SQLITE_BUSY_TIMEOUT_MS",
                 ServeArgs {
                     sqlite_busy_timeout_ms: 10_000,
@@ -439,6 +440,7 @@ mod tests {
                 },
             ),
             (
+                &postgres,
                 "TROUPE_PG_STATEMENT_TIMEOUT_MS",
                 ServeArgs {
                     pg_statement_timeout_ms: 20_000,
@@ -446,6 +448,7 @@ mod tests {
                 },
             ),
             (
+                &sqlite,
                 "TROUPE_DB_WORKER_PING_BUDGET_MS",
                 ServeArgs {
                     db_worker_ping_budget_ms: 10_000,
@@ -453,13 +456,42 @@ mod tests {
                 },
             ),
         ];
-        for (setting, serve) in cases {
+        for (url, setting, serve) in cases {
             let error = Settings::new(url.clone(), &serve)
                 .err()
                 .map(|e| e.to_string())
                 .unwrap_or_default();
             assert!(error.contains(setting), "{setting}: {error}");
         }
+    }
+
+    #[test]
+    fn other_backends_wait_is_not_checked() {
+        let short_budget = |serve: ServeArgs| ServeArgs {
+            request_timeout_ms: 2_000,
+            ..serve
+        };
+        let postgres = DatabaseUrl::Postgres("postgres://localhost/x".into());
+        let sqlite = DatabaseUrl::Sqlite("x.db".into());
+        let long_busy = short_budget(ServeArgs {
+            sqlite_busy_timeout_ms: 5_000,
+            pg_statement_timeout_ms: 1_000,
+            ..ServeArgs::default()
+        });
+        let long_statement = short_budget(ServeArgs {
+            sqlite_busy_timeout_ms: 1_000,
+            pg_statement_timeout_ms: 5_000,
+            ..ServeArgs::default()
+        });
+
+        assert!(
+            Settings::new(postgres, &long_busy).is_ok(),
+            "PostgreSQL ignores the busy timeout"
+        );
+        assert!(
+            Settings::new(sqlite, &long_statement).is_ok(),
+            "SQLite ignores the statement timeout"
+        );
     }
 
     #[test]
