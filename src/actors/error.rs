@@ -28,10 +28,10 @@ pub enum ActorError {
         #[source]
         source: MailboxError,
     },
-    /// The transaction of the batch this write belonged to failed as a
-    /// whole, so nothing of the batch was applied. Every write of the batch
+    /// The batch this write or read belonged to failed as a whole: for
+    /// writes, nothing of the batch was applied. Every item of the batch
     /// gets the same cause.
-    #[error("the write's batch failed")]
+    #[error("the batch it went in failed")]
     Batch(#[source] Arc<ActorError>),
     /// A state the code rules out was reached.
     #[error("internal error: {0}")]
