@@ -387,6 +387,31 @@ async fn wrong_json_types_422(backend: Backend) {
     app.stop().await;
 }
 
+/// The body is decoded as it is read, so a wrong type that comes before a
+/// cut-off end is what the client hears about.
+async fn type_error_before_truncation_422(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let fixture = fixture(&app).await;
+    let body = br#"{"title": 5, "content": "#.to_vec();
+
+    let response = send_body(
+        &app,
+        JsonRoute::CreatePost,
+        &fixture,
+        Some("application/json"),
+        body,
+    )
+    .await;
+
+    assert_eq!(response.status(), 422);
+    let error_body = problem(response, 422).await;
+    assert_eq!(error_body["errors"][0]["field"], "title");
+    assert_eq!(error_body["errors"][0]["code"], "invalid_type");
+    app.stop().await;
+}
+
 async fn array_for_object_422(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else {
         return;
@@ -1072,6 +1097,7 @@ async fn validation_errors_reported_together(backend: Backend) {
 
 crate::on_both_backends!(
     malformed_json_400,
+    type_error_before_truncation_422,
     wrong_json_types_422,
     array_for_object_422,
     unknown_field_named_by_path,
