@@ -97,7 +97,7 @@ impl Actor for DbWorker {
 
 impl DbWorker {
     /// Frees what the worker's connection caches and returns 1 if it did,
-    /// 0 if it holds no connection or one with no cache to free.
+    /// 0 if it has no connection or one with no cache to free.
     pub(super) fn release_memory(&mut self) -> usize {
         let Some(conn) = &mut self.conn else {
             return 0;
@@ -113,9 +113,7 @@ impl DbWorker {
             }
         }
     }
-}
 
-impl DbWorker {
     fn skip_expired(&self, name: &'static str) -> ActorError {
         self.stats.deadline_skips.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(

@@ -4,8 +4,9 @@
 //! caches filled to their limit, and freed blocks spread through the
 //! allocator's arenas, which the allocator keeps for reuse. When a quiet
 //! period follows activity, the releaser has every database worker shrink
-//! its connection's cache, then has the allocator return its free pages. Nothing happens while requests keep coming, so the cost
-//! (a few milliseconds) never lands on a busy service.
+//! its connection's cache, then has the allocator return its free pages.
+//! Nothing happens while requests keep coming, so the cost (an estimated
+//! few milliseconds) never lands on a busy service.
 
 use std::sync::Arc;
 use std::time::Duration;

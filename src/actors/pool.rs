@@ -107,7 +107,8 @@ impl Handler<ReleaseMemory> for DbWorker {
     }
 }
 
-/// Asks every worker that is not stuck; a stuck one would not answer.
+/// Sends the request to every worker that is not stuck, because a stuck
+/// one would not reply.
 impl Handler<ReleaseMemory> for WorkerPool {
     type Result = ResponseFuture<usize>;
 

@@ -197,7 +197,8 @@ fn own_headers(request: &mut ServiceRequest) {
     for (next, value) in headers.drain() {
         name = next.or(name);
         if let Some(name) = &name {
-            // `from_bytes` copies; it cannot fail on a value actix parsed.
+            // `from_bytes` copies. actix's parser already rejected what it
+            // would reject, so the fallback to the original is for safety.
             let value = HeaderValue::from_bytes(value.as_bytes()).unwrap_or(value);
             owned.append(name.clone(), value);
         }

@@ -47,7 +47,7 @@ pub struct StoreStats {
     /// The batches of user writes.
     pub writes: BatchStats,
     /// The cache misses read together.
-    pub reads: Arc<ReadStats>,
+    pub reads: ReadStats,
 }
 
 /// The owner of user state. Every user operation passes through it. It runs

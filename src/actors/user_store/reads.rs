@@ -89,7 +89,7 @@ impl ReadQueue {
     /// `max_in_flight` queries are in the database already. A task of its
     /// own waits for the reply, hands each read its user, then sends
     /// `ReadsAnswered` to `owner`.
-    pub(super) fn flush(&mut self, db: &UserDb, owner: Addr<UserStore>, stats: &Arc<ReadStats>) {
+    pub(super) fn flush(&mut self, db: &UserDb, owner: Addr<UserStore>, stats: &ReadStats) {
         if self.in_flight >= self.max_in_flight || self.waiting.is_empty() {
             return;
         }
