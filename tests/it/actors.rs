@@ -806,9 +806,9 @@ async fn handled_so_far(store: &Addr<UserStore>) {
         .await;
 }
 
-/// Misses that arrive while a read is in the database wait for it, then go
-/// together in one `FindMany`, each id once; each read gets its own user,
-/// and one the query did not return is not found.
+/// Checks that misses arriving while a read is in the database wait for it
+/// and then go together in one `FindMany`, each id once. Each read gets its
+/// own user, and an id the query did not return is not found.
 #[actix::test]
 async fn store_reads_misses_together() {
     let (store, script) = read_batching_store(1);
@@ -822,12 +822,15 @@ async fn store_reads_misses_together() {
         .find_many
         .push_back(Reply::Ready(Ok(vec![eve.clone(), bob.clone()])));
 
-    let first = send_gets(&store, &[1]);
+    let first = store.send(GetUser {
+        ctx: ctx(),
+        id: id(1),
+    });
     let later = send_gets(&store, &[2, 3, 2, 4]);
     handled_so_far(&store).await;
     let gathered_while_held = script.find_manys();
     release_first.send(Ok(ada.clone())).unwrap();
-    let first: Vec<_> = join_all(first).await;
+    let first = ActorError::flatten("user_store", first.await);
     let later: Vec<_> = join_all(later)
         .await
         .into_iter()
@@ -844,7 +847,6 @@ async fn store_reads_misses_together() {
         vec![vec![id(2), id(3), id(4)]],
         "the later reads go in one FindMany, each id once"
     );
-    let first = ActorError::flatten("user_store", first.into_iter().next().unwrap());
     assert_eq!(first.unwrap(), ada, "the first read gets its user");
     assert_eq!(later[0].as_ref().unwrap(), &bob, "id 2 gets Bob");
     assert_eq!(later[1].as_ref().unwrap(), &eve, "id 3 gets Eve");
@@ -856,8 +858,8 @@ async fn store_reads_misses_together() {
     );
 }
 
-/// A `FindMany` that fails gives its error to every read in it, and the
-/// store sends the next reads as before.
+/// Checks that a failed `FindMany` gives its error to every read in it and
+/// that the store sends the next reads as before.
 #[actix::test]
 async fn store_read_batch_failure_reaches_every_read() {
     let (store, script) = read_batching_store(1);

@@ -387,8 +387,8 @@ async fn wrong_json_types_422(backend: Backend) {
     app.stop().await;
 }
 
-/// The body is decoded as it is read, so a wrong type that comes before a
-/// cut-off end is what the client hears about.
+/// Checks that a wrong type before a cut-off end is the error reported,
+/// because the body is decoded as it is read.
 async fn type_error_before_truncation_422(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else {
         return;

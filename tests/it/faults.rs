@@ -137,12 +137,12 @@ async fn concurrent_uncached_reads_get_their_own_user(backend: Backend) {
         ids.push(created["id"].as_i64().unwrap());
     }
     let deleted = ids[5];
-    let gone = app
+    let deletion = app
         .delete(&format!("/api/v1/users/{deleted}"))
         .send()
         .await
         .unwrap();
-    assert_eq!(gone.status(), 204);
+    assert_eq!(deletion.status(), 204);
     ids.push(deleted + 1000);
 
     let mut reads = JoinSet::new();

@@ -958,26 +958,8 @@ async fn get_if_none_match_304(backend: Backend) {
         .await
         .unwrap();
 
-    assert_eq!(response.status(), 304);
-    assert_eq!(header(&response, "etag"), Some(tag));
-    assert!(
-        response.bytes().await.unwrap().is_empty(),
-        "304 has no body"
-    );
-    app.stop().await;
-}
-
-/// Repeated `If-None-Match` lines form one list, so a match on the second
-/// line counts.
-async fn get_if_none_match_second_line_304(backend: Backend) {
-    let Some(app) = TestApp::spawn(backend).await else {
-        return;
-    };
-    let user = app.create_user("Ada", "ada@example.com").await;
-    let path = user_path(id_of(&user));
-    let (tag, _) = fetch(&app, &path).await;
-
-    let response = app
+    // Repeated header lines form one list, so a match on the second counts.
+    let second_line = app
         .get(&path)
         .header("if-none-match", "\"0\"")
         .header("if-none-match", &tag)
@@ -986,6 +968,12 @@ async fn get_if_none_match_second_line_304(backend: Backend) {
         .unwrap();
 
     assert_eq!(response.status(), 304);
+    assert_eq!(header(&response, "etag"), Some(tag));
+    assert!(
+        response.bytes().await.unwrap().is_empty(),
+        "304 has no body"
+    );
+    assert_eq!(second_line.status(), 304, "a match on the second line");
     app.stop().await;
 }
 
@@ -1743,7 +1731,6 @@ crate::on_both_backends!(
     big_id_round_trips,
     get_returns_etag,
     get_if_none_match_304,
-    get_if_none_match_second_line_304,
     get_stale_tag_200,
     get_include_posts,
     get_include_comments_400,
