@@ -204,7 +204,8 @@ struct SqliteSession {
 impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqliteSession {
     fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
         let pragmas = format!(
-            "PRAGMA busy_timeout = {}; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+            "PRAGMA busy_timeout = {}; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+             PRAGMA temp_store = MEMORY;",
             self.busy_timeout.as_millis()
         );
         conn.batch_execute(&pragmas)
