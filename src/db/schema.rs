@@ -28,5 +28,14 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// The number of users that are not deleted, kept by triggers on
+    /// `users`; the total is the sum of `live` over every slot.
+    live_user_counts (slot) {
+        slot -> Integer,
+        live -> BigInt,
+    }
+}
+
 diesel::joinable!(posts -> users (user_id));
 diesel::allow_tables_to_appear_in_same_query!(users, posts);

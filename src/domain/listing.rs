@@ -139,6 +139,11 @@ pub struct UserFilter {
 }
 
 impl UserFilter {
+    /// True when the filter keeps every user.
+    pub fn is_empty(&self) -> bool {
+        self.min_age.is_none() && self.max_age.is_none() && self.email.is_none()
+    }
+
     pub fn parse(
         min_age: Option<&str>,
         max_age: Option<&str>,

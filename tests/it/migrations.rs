@@ -19,6 +19,8 @@ crate::on_both_backends!(
     down_reverses_up,
     email_index_ignores_case,
     email_index_ignores_deleted_users,
+    live_count_follows_every_change,
+    live_count_starts_from_existing_users,
     concurrent_runs_apply_once,
 );
 
@@ -301,6 +303,78 @@ async fn email_index_ignores_deleted_users(backend: Backend) {
         4,
         "all four rows are stored"
     );
+}
+
+const LIVE_COUNT: &str = "SELECT CAST(COALESCE(SUM(live), 0) AS BIGINT) AS n FROM live_user_counts";
+const LIVE_USERS: &str = "SELECT COUNT(*) AS n FROM users WHERE deleted_at IS NULL";
+
+/// The triggers keep the live count equal to a count of the table through
+/// inserts, soft deletes, restores, hard deletes and other updates, made
+/// with plain SQL as an operator would.
+async fn live_count_follows_every_change(backend: Backend) {
+    let Some(db) = TestDb::create(backend) else {
+        return;
+    };
+    migrations::run_pending(&db.url).unwrap();
+    let mut raw = Raw::connect(&db.url);
+    assert_eq!(raw.count(LIVE_COUNT), 0, "an empty table counts none");
+
+    let mut steps = vec![
+        "INSERT INTO users (name, email, created_at, updated_at) VALUES \
+         ('A', 'a@example.com', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP), \
+         ('B', 'b@example.com', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP), \
+         ('C', 'c@example.com', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+        "INSERT INTO users (name, email, created_at, updated_at, deleted_at) VALUES \
+         ('D', 'd@example.com', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+        "UPDATE users SET deleted_at = CURRENT_TIMESTAMP WHERE email = 'a@example.com'",
+        "UPDATE users SET deleted_at = CURRENT_TIMESTAMP WHERE email = 'a@example.com'",
+        "UPDATE users SET name = 'Bea', version = version + 1 WHERE email = 'b@example.com'",
+        "UPDATE users SET deleted_at = NULL WHERE email = 'd@example.com'",
+        "DELETE FROM users WHERE email = 'c@example.com'",
+        "DELETE FROM users WHERE email = 'a@example.com'",
+    ];
+    if backend == Backend::Postgres {
+        steps.push("TRUNCATE users CASCADE");
+        steps.push(
+            "INSERT INTO users (name, email, created_at, updated_at) \
+             VALUES ('E', 'e@example.com', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+        );
+    }
+    for step in steps {
+        raw.execute(step).unwrap();
+        assert_eq!(
+            raw.count(LIVE_COUNT),
+            raw.count(LIVE_USERS),
+            "the live count matches the table after: {step}"
+        );
+    }
+    assert!(raw.count(LIVE_COUNT) > 0, "the steps leave live users");
+}
+
+/// Applied to a database that already holds users, the migration that adds
+/// the live count starts it from them.
+async fn live_count_starts_from_existing_users(backend: Backend) {
+    let Some(db) = TestDb::create(backend) else {
+        return;
+    };
+    migrations::run_pending(&db.url).unwrap();
+    let mut raw = Raw::connect(&db.url);
+    while raw.has_table("live_user_counts") {
+        migrations::revert_last(&db.url).unwrap();
+    }
+    for (email, deleted) in [
+        ("a@example.com", false),
+        ("b@example.com", true),
+        ("c@example.com", false),
+    ] {
+        raw.insert_user(email, deleted).unwrap();
+    }
+
+    migrations::run_pending(&db.url).unwrap();
+
+    assert_eq!(raw.count(LIVE_COUNT), 2, "the two live users are counted");
+    raw.insert_user("d@example.com", false).unwrap();
+    assert_eq!(raw.count(LIVE_COUNT), 3, "a later insert adds to them");
 }
 
 /// Two instances that start at once on a fresh database both succeed, and

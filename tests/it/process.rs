@@ -264,8 +264,11 @@ async fn server_error_logged_once() {
     };
     let server = Server::start(&db.url, &[]);
     let mut conn = SqliteConnection::establish(&db.url.connection_string()).unwrap();
-    conn.batch_execute("ALTER TABLE users RENAME TO users_gone")
-        .unwrap();
+    conn.batch_execute(
+        "ALTER TABLE users RENAME TO users_gone; \
+         ALTER TABLE live_user_counts RENAME TO counts_gone;",
+    )
+    .unwrap();
 
     let client = reqwest::Client::new();
     let failed = client
