@@ -195,7 +195,8 @@ impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for PgSession {
 
 /// Pragmas for every SQLite connection: foreign keys on, a busy timeout so
 /// writers queue instead of failing, WAL so readers never block the writer,
-/// and full fsync on commit so an acknowledged write survives power loss.
+/// full fsync on commit so an acknowledged write survives power loss, and
+/// temporary files (such as a statement's undo record) kept in memory.
 #[derive(Debug)]
 struct SqliteSession {
     busy_timeout: Duration,
