@@ -98,6 +98,17 @@ impl DbConn {
             }
         }
     }
+
+    /// Folds the live-user count rows of PostgreSQL sessions that have
+    /// ended into one row, so the listing's total sums a few rows. Every
+    /// session that writes users adds a row of its own, so without folds
+    /// each restart would leave a few more. SQLite keeps a single row.
+    pub fn fold_live_user_counts(&mut self) -> Result<(), DbError> {
+        match self {
+            Self::Pg(conn) => Ok(conn.batch_execute("SELECT fold_live_user_counts()")?),
+            Self::Sqlite(_) => Ok(()),
+        }
+    }
 }
 
 /// Connection pool settings, all validated by the configuration.

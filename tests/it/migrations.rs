@@ -334,6 +334,7 @@ async fn live_count_follows_every_change(backend: Backend) {
         "DELETE FROM users WHERE email = 'a@example.com'",
     ];
     if backend == Backend::Postgres {
+        steps.push("SELECT fold_live_user_counts()");
         steps.push("TRUNCATE users CASCADE");
         steps.push(
             "INSERT INTO users (name, email, created_at, updated_at) \

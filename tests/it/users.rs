@@ -165,6 +165,15 @@ impl DirectDb {
         };
         result.unwrap_or_else(|e| panic!("{sql}: {e}")).count
     }
+
+    /// Runs a query that returns one `BIGINT` named `count`.
+    fn scalar(&mut self, sql: &str) -> i64 {
+        let result = match self {
+            Self::Pg(conn) => diesel::sql_query(sql).get_result::<Count>(conn),
+            Self::Sqlite(conn) => diesel::sql_query(sql).get_result::<Count>(conn),
+        };
+        result.unwrap_or_else(|e| panic!("{sql}: {e}")).count
+    }
 }
 
 /// Sends a request and returns the status and the body as JSON, or `Null`
@@ -1605,6 +1614,59 @@ async fn patch_moves_updated_at_only(backend: Backend) {
         stored["created_at"], user["created_at"],
         "stored created_at"
     );
+    app.stop().await;
+}
+
+/// On PostgreSQL every session adds to a live-user count row of its own.
+/// Rows of sessions that have ended are folded into one at start, and the
+/// listing's total stays right through the fold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_start_folds_ended_sessions_counts() {
+    let Some(db) = TestDb::create(Backend::Postgres) else {
+        return;
+    };
+    troupe::db::migrations::run_pending(&db.url).expect("migrate");
+    let mut ended = Vec::new();
+    for (session, deleted_at) in [("a", "NULL"), ("b", "CURRENT_TIMESTAMP")] {
+        let mut conn = DirectDb::connect(&db.url);
+        conn.execute(&format!(
+            "INSERT INTO users (name, email, created_at, updated_at, deleted_at) VALUES \
+             ('One', 'one-{session}@example.com', now(), now(), NULL), \
+             ('Two', 'two-{session}@example.com', now(), now(), {deleted_at})"
+        ));
+        ended.push(conn.scalar("SELECT pg_backend_pid()::bigint AS count"));
+    }
+    let pids = format!("{}, {}", ended[0], ended[1]);
+    let mut watcher = DirectDb::connect(&db.url);
+    assert_eq!(
+        watcher.count(&format!("live_user_counts WHERE slot IN ({pids})")),
+        2,
+        "each session wrote a row of its own"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while watcher.count(&format!("pg_stat_activity WHERE pid IN ({pids})")) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed sessions' backends exit"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    let app = TestApp::start(test_settings(db.url.clone()), db);
+
+    assert_eq!(
+        watcher.count(&format!("live_user_counts WHERE slot IN ({pids})")),
+        0,
+        "start folded the ended sessions' rows"
+    );
+    assert_eq!(
+        watcher.scalar("SELECT live AS count FROM live_user_counts WHERE slot = 0"),
+        3,
+        "slot 0 holds their live users"
+    );
+    assert_eq!(list(&app, "").await["total"], 3);
+    app.create_user("Ada", "ada@example.com").await;
+    assert_eq!(list(&app, "").await["total"], 4);
     app.stop().await;
 }
 

@@ -1,57 +1,82 @@
 -- The number of users that are not deleted, kept by triggers so that a
 -- listing reads its total from a few rows instead of counting the table.
--- The total is the sum over all slots. Each connection adds to the slot of
--- its backend process id, so concurrent writers seldom wait for each other
--- on the same row. The trigger is deferred to commit: taking the slot's
--- row lock last keeps it from joining a deadlock with the other locks of
--- the transaction, such as a wait on a unique email.
+--
+-- The total is the sum of `live` over all rows. Each session adds to the
+-- row whose slot is its backend process id, which no other live session
+-- shares, so concurrent writers never wait for each other here and the
+-- row lock cannot join a deadlock. Slot 0 holds what was folded in from
+-- sessions that have ended (fold_live_user_counts), which keeps the table
+-- small. The triggers run once per statement, so a batch that inserts many
+-- users in one statement updates its row once.
 CREATE TABLE live_user_counts (
     slot INTEGER PRIMARY KEY,
     live BIGINT NOT NULL
 );
 
 INSERT INTO live_user_counts (slot, live)
-SELECT slot, 0 FROM generate_series(0, 63) AS slot;
-
-UPDATE live_user_counts
-SET live = (SELECT count(*) FROM users WHERE deleted_at IS NULL)
-WHERE slot = 0;
+SELECT 0, count(*) FROM users WHERE deleted_at IS NULL;
 
 CREATE FUNCTION count_live_users() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     delta BIGINT := 0;
 BEGIN
-    IF TG_OP IN ('INSERT', 'UPDATE') AND NEW.deleted_at IS NULL THEN
-        delta := delta + 1;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        delta := delta + (SELECT count(*) FROM new_rows WHERE deleted_at IS NULL);
     END IF;
-    IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.deleted_at IS NULL THEN
-        delta := delta - 1;
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        delta := delta - (SELECT count(*) FROM old_rows WHERE deleted_at IS NULL);
     END IF;
     IF delta <> 0 THEN
-        UPDATE live_user_counts SET live = live + delta
-        WHERE slot = pg_backend_pid() % 64;
+        INSERT INTO live_user_counts AS counts (slot, live)
+        VALUES (pg_backend_pid(), delta)
+        ON CONFLICT (slot) DO UPDATE SET live = counts.live + EXCLUDED.live;
     END IF;
     RETURN NULL;
 END;
 $$;
 
-CREATE CONSTRAINT TRIGGER users_count_live
-AFTER INSERT OR UPDATE OF deleted_at OR DELETE ON users
-DEFERRABLE INITIALLY DEFERRED
-FOR EACH ROW EXECUTE FUNCTION count_live_users();
+CREATE TRIGGER users_count_insert AFTER INSERT ON users
+REFERENCING NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION count_live_users();
 
--- TRUNCATE skips row triggers, so it resets the count itself.
+CREATE TRIGGER users_count_update AFTER UPDATE ON users
+REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION count_live_users();
+
+CREATE TRIGGER users_count_delete AFTER DELETE ON users
+REFERENCING OLD TABLE AS old_rows
+FOR EACH STATEMENT EXECUTE FUNCTION count_live_users();
+
+-- TRUNCATE skips row and transition-table triggers, so it resets the count
+-- itself.
 CREATE FUNCTION reset_live_user_counts() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE live_user_counts SET live = 0;
+    DELETE FROM live_user_counts WHERE slot <> 0;
+    UPDATE live_user_counts SET live = 0 WHERE slot = 0;
     RETURN NULL;
 END;
 $$;
 
 CREATE TRIGGER users_count_truncate AFTER TRUNCATE ON users
 FOR EACH STATEMENT EXECUTE FUNCTION reset_live_user_counts();
+
+-- Moves the rows of the calling session and of sessions that have ended
+-- into slot 0. troupe calls it at start. A session that is still running
+-- keeps its row, so a fold never waits on an open write transaction's lock.
+CREATE FUNCTION fold_live_user_counts() RETURNS void
+LANGUAGE sql AS $$
+    WITH folded AS (
+        DELETE FROM live_user_counts
+        WHERE slot <> 0
+          AND (slot = pg_backend_pid() OR slot NOT IN (SELECT pid FROM pg_stat_activity))
+        RETURNING live
+    )
+    UPDATE live_user_counts
+    SET live = live + (SELECT COALESCE(sum(live), 0) FROM folded)
+    WHERE slot = 0;
+$$;
 
 -- Pages of the listing in id order walk this index, which holds only the
 -- users that are not deleted, instead of the whole table.
