@@ -15,6 +15,7 @@ use actix::{MailboxError, Message};
 
 use super::{ActorError, DbQuery, Query};
 
+pub(in crate::actors) use queue::BatchQueue;
 pub use queue::{BatchAnswered, BatchStats, Enqueue, Queued, WriteQueue, WriteReply};
 pub(in crate::actors) use run::{run_live, LiveWrite};
 pub use writer::{QueueWrite, WriteBatcher};

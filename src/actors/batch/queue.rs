@@ -24,19 +24,19 @@ struct Waiting<Q: DbQuery> {
     ticket: Ticket,
 }
 
-/// The writes waiting for the next batch. At most `max_in_flight` batches
-/// are in the database at a time: the queue fills while they are there and
-/// the next batch takes what has gathered, up to `max_batch` writes. A lone
-/// write on a quiet server goes at once, in a batch of one.
-pub struct WriteQueue<Q: DbQuery> {
-    waiting: VecDeque<Waiting<Q>>,
+/// Items waiting to go to the database together. At most `max_in_flight`
+/// batches are there at a time: the queue fills while they are, and the
+/// next batch takes what has gathered, up to `max_batch` items. A lone item
+/// on a quiet server goes at once, in a batch of one.
+pub(in crate::actors) struct BatchQueue<T> {
+    waiting: VecDeque<T>,
     in_flight: usize,
     max_in_flight: usize,
     max_batch: usize,
 }
 
-impl<Q: DbQuery> WriteQueue<Q> {
-    pub fn new(max_batch: usize, max_in_flight: usize) -> Self {
+impl<T> BatchQueue<T> {
+    pub(in crate::actors) fn new(max_batch: usize, max_in_flight: usize) -> Self {
         Self {
             waiting: VecDeque::new(),
             in_flight: 0,
@@ -45,30 +45,50 @@ impl<Q: DbQuery> WriteQueue<Q> {
         }
     }
 
-    /// Queues a write that has its place in the database queue and returns
-    /// the receiver of its result.
-    pub fn push(&mut self, query: Query<Q>, ticket: Ticket) -> WriteReply<Q> {
-        let (reply, receiver) = oneshot::channel();
-        self.waiting.push_back(Waiting {
-            query,
-            reply,
-            ticket,
-        });
-        receiver
+    pub(in crate::actors) fn push(&mut self, item: T) {
+        self.waiting.push_back(item);
     }
 
     /// Takes the next batch, unless `max_in_flight` batches are in the
     /// database already or nothing waits. Call `finished` once the batch has
     /// replied.
-    pub fn next_batch(&mut self) -> Option<PendingBatch<Q>> {
+    pub(in crate::actors) fn next_batch(&mut self) -> Option<Vec<T>> {
         if self.in_flight >= self.max_in_flight || self.waiting.is_empty() {
             return None;
         }
         let size = self.waiting.len().min(self.max_batch);
         self.in_flight += 1;
-        Some(PendingBatch {
-            items: self.waiting.drain(..size).collect(),
-        })
+        Some(self.waiting.drain(..size).collect())
+    }
+
+    /// Records that one batch in the database has replied.
+    pub(in crate::actors) fn finished(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+}
+
+/// The writes waiting for the next batch (see `BatchQueue`).
+pub struct WriteQueue<Q: DbQuery> {
+    queue: BatchQueue<Waiting<Q>>,
+}
+
+impl<Q: DbQuery> WriteQueue<Q> {
+    pub fn new(max_batch: usize, max_in_flight: usize) -> Self {
+        Self {
+            queue: BatchQueue::new(max_batch, max_in_flight),
+        }
+    }
+
+    /// Queues a write that has its place in the database queue and returns
+    /// the receiver of its result.
+    pub fn push(&mut self, query: Query<Q>, ticket: Ticket) -> WriteReply<Q> {
+        let (reply, receiver) = oneshot::channel();
+        self.queue.push(Waiting {
+            query,
+            reply,
+            ticket,
+        });
+        receiver
     }
 
     /// Queues `query` when the database queue has a free place for it, or
@@ -90,9 +110,10 @@ impl<Q: DbQuery> WriteQueue<Q> {
         A::Context: ToEnvelope<A, BatchAnswered>,
         Batch<Q>: Message<Result = Result<Vec<Result<Q::Output, ActorError>>, ActorError>>,
     {
-        let Some(batch) = self.next_batch() else {
+        let Some(items) = self.queue.next_batch() else {
             return;
         };
+        let batch = PendingBatch { items };
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats
             .writes
@@ -106,7 +127,7 @@ impl<Q: DbQuery> WriteQueue<Q> {
 
     /// Records that one batch in the database has replied.
     pub fn finished(&mut self) {
-        self.in_flight = self.in_flight.saturating_sub(1);
+        self.queue.finished();
     }
 }
 
@@ -213,5 +234,50 @@ where
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BatchQueue;
+
+    #[test]
+    fn batches_wait_for_in_flight_ones() {
+        let mut queue = BatchQueue::new(3, 2);
+        for item in 1..=8 {
+            queue.push(item);
+        }
+
+        assert_eq!(
+            queue.next_batch(),
+            Some(vec![1, 2, 3]),
+            "the first batch is full"
+        );
+        assert_eq!(
+            queue.next_batch(),
+            Some(vec![4, 5, 6]),
+            "a second may be in flight"
+        );
+        assert_eq!(queue.next_batch(), None, "a third waits for one of them");
+
+        queue.finished();
+        assert_eq!(
+            queue.next_batch(),
+            Some(vec![7, 8]),
+            "the rest goes once one replied"
+        );
+        queue.finished();
+        queue.finished();
+        assert_eq!(queue.next_batch(), None, "nothing waits");
+    }
+
+    #[test]
+    fn limits_of_zero_become_one() {
+        let mut queue = BatchQueue::new(0, 0);
+        queue.push('a');
+        queue.push('b');
+
+        assert_eq!(queue.next_batch(), Some(vec!['a']), "one item per batch");
+        assert_eq!(queue.next_batch(), None, "one batch in flight");
     }
 }

@@ -7,7 +7,7 @@
 //! returns, every miss that gathered goes in one `users::FindMany`. A lone
 //! miss on a quiet store goes at once, as a plain `users::Find`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::{UserDb, UserStore};
-use crate::actors::batch::reply_lost;
+use crate::actors::batch::{reply_lost, BatchQueue};
 use crate::actors::queries::users;
 use crate::actors::{ActorError, Query, RequestCtx, Ticket};
 use crate::db::DbError;
@@ -45,11 +45,9 @@ pub struct ReadStats {
     pub reads: AtomicU64,
 }
 
-/// The cache misses waiting for the next query.
+/// The cache misses waiting for the next query (see `BatchQueue`).
 pub(super) struct ReadQueue {
-    waiting: VecDeque<WaitingRead>,
-    in_flight: usize,
-    max_in_flight: usize,
+    queue: BatchQueue<WaitingRead>,
 }
 
 /// Sent to the store when a query of its read queue has replied.
@@ -61,9 +59,7 @@ impl ReadQueue {
     /// Creates a queue that sends at most `max_in_flight` queries at a time.
     pub(super) fn new(max_in_flight: usize) -> Self {
         Self {
-            waiting: VecDeque::new(),
-            in_flight: 0,
-            max_in_flight: max_in_flight.max(1),
+            queue: BatchQueue::new(MAX_READ_BATCH, max_in_flight),
         }
     }
 
@@ -76,7 +72,7 @@ impl ReadQueue {
         ticket: Ticket,
     ) -> impl Future<Output = Result<User, ActorError>> {
         let (reply, receiver) = oneshot::channel();
-        self.waiting.push_back(WaitingRead {
+        self.queue.push(WaitingRead {
             id,
             ctx,
             reply,
@@ -90,12 +86,10 @@ impl ReadQueue {
     /// own waits for the reply, hands each read its user, then sends
     /// `ReadsAnswered` to `owner`.
     pub(super) fn flush(&mut self, db: &UserDb, owner: Addr<UserStore>, stats: &ReadStats) {
-        if self.in_flight >= self.max_in_flight || self.waiting.is_empty() {
+        let Some(reads) = self.queue.next_batch() else {
             return;
-        }
-        let size = self.waiting.len().min(MAX_READ_BATCH);
-        let reads: Vec<WaitingRead> = self.waiting.drain(..size).collect();
-        self.in_flight += 1;
+        };
+        let size = reads.len();
         if size > 1 {
             stats.batches.fetch_add(1, Ordering::Relaxed);
             stats.reads.fetch_add(size as u64, Ordering::Relaxed);
@@ -109,7 +103,7 @@ impl ReadQueue {
 
     /// Records that one query has replied.
     pub(super) fn finished(&mut self) {
-        self.in_flight = self.in_flight.saturating_sub(1);
+        self.queue.finished();
     }
 }
 
