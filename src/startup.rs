@@ -183,10 +183,10 @@ impl Application {
         let url = settings.database_url.clone();
         let pool_settings = settings.pool.clone();
         let pool = web::block(move || DbPool::connect(&url, &pool_settings)).await??;
-        let folding = pool.clone();
-        let folded = web::block(move || folding.get()?.fold_live_user_counts()).await?;
-        if let Err(error) = folded {
-            tracing::warn!(%error, "could not fold the live-user counts of ended sessions");
+        let counting = pool.clone();
+        let refreshed = web::block(move || counting.get()?.refresh_live_user_count()).await?;
+        if let Err(error) = refreshed {
+            tracing::warn!(%error, "could not refresh the live-user count");
         }
 
         let store_arbiter = Arbiter::new();

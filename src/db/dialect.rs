@@ -54,6 +54,15 @@ pub trait Dialect: Connection + Sized {
         F: FnOnce(&mut Self) -> Result<T, E>,
         E: From<Error>;
 
+    /// Runs `f` in a read-only transaction whose statements all see one
+    /// snapshot, so that a count and the page it describes agree.
+    /// PostgreSQL needs `REPEATABLE READ` for that, while an SQLite
+    /// transaction reads one snapshot from its first read to its end.
+    fn snapshot_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Self) -> Result<T, E>,
+        E: From<Error>;
+
     /// Reads a user that is not deleted and locks it until the transaction
     /// ends, so concurrent writers of that user run one after another.
     fn lock_live_user(&mut self, id: i64) -> QueryResult<Option<UserRow>>;
@@ -80,6 +89,17 @@ impl Dialect for PgConnection {
             return f(self);
         }
         self.transaction(f)
+    }
+
+    fn snapshot_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Self) -> Result<T, E>,
+        E: From<Error>,
+    {
+        self.build_transaction()
+            .repeatable_read()
+            .read_only()
+            .run(f)
     }
 
     fn lock_live_user(&mut self, id: i64) -> QueryResult<Option<UserRow>> {
@@ -143,6 +163,14 @@ impl Dialect for SqliteConnection {
                 Err(rollback) => Err(rollback.into()),
             },
         }
+    }
+
+    fn snapshot_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Self) -> Result<T, E>,
+        E: From<Error>,
+    {
+        self.transaction(f)
     }
 
     fn lock_live_user(&mut self, id: i64) -> QueryResult<Option<UserRow>> {

@@ -99,14 +99,21 @@ impl DbConn {
         }
     }
 
-    /// Folds the live-user count rows of PostgreSQL sessions that have
-    /// ended into one row, so the listing's total sums a few rows. Every
-    /// session that writes users adds a row of its own, so without folds
-    /// each restart would leave a few more. SQLite keeps a single row.
-    pub fn fold_live_user_counts(&mut self) -> Result<(), DbError> {
+    /// Tidies the live-user count at start. On PostgreSQL it folds the rows
+    /// of sessions that have ended into one, so the listing's total sums a
+    /// few rows: every session that writes users adds a row of its own. On
+    /// SQLite it counts the users again, in one statement under the write
+    /// lock. That corrects a count left wrong by a `REPLACE` run with
+    /// `recursive_triggers` off, which removes rows without their delete
+    /// triggers.
+    pub fn refresh_live_user_count(&mut self) -> Result<(), DbError> {
         match self {
             Self::Pg(conn) => Ok(conn.batch_execute("SELECT fold_live_user_counts()")?),
-            Self::Sqlite(_) => Ok(()),
+            Self::Sqlite(conn) => Ok(conn.batch_execute(
+                "UPDATE live_user_counts \
+                 SET live = (SELECT count(*) FROM users WHERE deleted_at IS NULL) \
+                 WHERE slot = 0",
+            )?),
         }
     }
 }
@@ -206,8 +213,9 @@ impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for PgSession {
 
 /// Pragmas for every SQLite connection: foreign keys on, a busy timeout so
 /// writers queue instead of failing, WAL so readers never block the writer,
-/// full fsync on commit so an acknowledged write survives power loss, and
-/// temporary files (such as a statement's undo record) kept in memory.
+/// full fsync on commit so an acknowledged write survives power loss,
+/// temporary files (such as a statement's undo record) kept in memory, and
+/// recursive triggers, without which a `REPLACE` skips delete triggers.
 #[derive(Debug)]
 struct SqliteSession {
     busy_timeout: Duration,
@@ -217,7 +225,7 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqliteSessio
     fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
         let pragmas = format!(
             "PRAGMA busy_timeout = {}; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
-             PRAGMA temp_store = MEMORY;",
+             PRAGMA temp_store = MEMORY; PRAGMA recursive_triggers = ON;",
             self.busy_timeout.as_millis()
         );
         conn.batch_execute(&pragmas)

@@ -48,7 +48,7 @@ pub fn list(
         }};
     }
 
-    with_conn!(conn, c => c.transaction(|c| {
+    with_conn!(conn, c => c.snapshot_transaction(|c| {
         if let (true, Some(user_id)) = (require_user, filter.user_id) {
             let live: i64 = users::table
                 .find(user_id.get())

@@ -47,7 +47,7 @@ pub fn find_many(conn: &mut DbConn, ids: &[UserId]) -> Result<Vec<User>, DbError
 /// Reads a user and its first posts in one transaction, so both come from
 /// the same snapshot.
 pub fn find_with_posts(conn: &mut DbConn, id: UserId) -> Result<UserWithPosts, DbError> {
-    with_conn!(conn, c => c.transaction(|c| {
+    with_conn!(conn, c => c.snapshot_transaction(|c| {
         let user: User = users::table
             .find(id.get())
             .filter(users::deleted_at.is_null())
@@ -94,7 +94,7 @@ pub fn list(
         }};
     }
 
-    with_conn!(conn, c => c.transaction(|c| {
+    with_conn!(conn, c => c.snapshot_transaction(|c| {
         let total: i64 = match filter.is_empty() {
             true => live_user_count().get_result(c)?,
             false => filtered!().count().get_result(c)?,

@@ -352,7 +352,83 @@ async fn live_count_follows_every_change(backend: Backend) {
     assert!(raw.count(LIVE_COUNT) > 0, "the steps leave live users");
 }
 
-/// Applied to a database that already holds users, the migration that adds
+/// The triggers write to the count next to `users`, whatever the search
+/// path of the session that writes: pg_dump's restores empty it, and a
+/// schema earlier in the path may hold a table of the same name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_live_count_ignores_search_path() {
+    let Some(db) = TestDb::create(Backend::Postgres) else {
+        return;
+    };
+    migrations::run_pending(&db.url).unwrap();
+    let mut raw = Raw::connect(&db.url);
+    raw.execute("CREATE SCHEMA decoy").unwrap();
+    raw.execute(
+        "CREATE TABLE decoy.live_user_counts (slot INTEGER PRIMARY KEY, live BIGINT NOT NULL)",
+    )
+    .unwrap();
+
+    raw.execute("SET search_path = decoy, public").unwrap();
+    raw.insert_user("a@example.com", false).unwrap();
+    raw.execute("SET search_path = pg_catalog").unwrap();
+    let empty_path = raw.execute(
+        "INSERT INTO public.users (name, email, created_at, updated_at) \
+         VALUES ('B', 'b@example.com', now(), now())",
+    );
+    raw.execute("SET search_path = public").unwrap();
+
+    assert!(
+        empty_path.is_ok(),
+        "a write with no usable path succeeds: {empty_path:?}"
+    );
+    assert_eq!(raw.count(LIVE_COUNT), 2, "both users are counted");
+    assert_eq!(
+        raw.count("SELECT COUNT(*) AS n FROM decoy.live_user_counts"),
+        0,
+        "the decoy table is left alone"
+    );
+}
+
+/// The migration that adds the count waits for write transactions that are
+/// open when it starts, so a user they add is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_live_count_waits_for_open_writes() {
+    let Some(db) = TestDb::create(Backend::Postgres) else {
+        return;
+    };
+    migrations::run_pending(&db.url).unwrap();
+    let mut raw = Raw::connect(&db.url);
+    while raw.has_table("live_user_counts") {
+        migrations::revert_last(&db.url).unwrap();
+    }
+    raw.execute("BEGIN").unwrap();
+    raw.insert_user("open@example.com", false).unwrap();
+
+    let url = db.url.clone();
+    let migrating = std::thread::spawn(move || migrations::run_pending(&url));
+    let mut watcher = Raw::connect(&db.url);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let waiting = "SELECT COUNT(*) AS n FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                   WHERE c.relname = 'users' AND NOT l.granted";
+    while watcher.count(waiting) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the migration waits for the open transaction"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    raw.execute("COMMIT").unwrap();
+    let applied = migrating.join().unwrap();
+
+    assert!(applied.is_ok(), "the migration completes: {applied:?}");
+    assert_eq!(
+        raw.count(LIVE_COUNT),
+        1,
+        "the open transaction's user is counted"
+    );
+}
+
+/// Applied to a database that already has users, the migration that adds
 /// the live count starts it from them.
 async fn live_count_starts_from_existing_users(backend: Backend) {
     let Some(db) = TestDb::create(backend) else {

@@ -1670,6 +1670,50 @@ async fn postgres_start_folds_ended_sessions_counts() {
     app.stop().await;
 }
 
+/// On SQLite a `REPLACE` run without `recursive_triggers` removes a row
+/// without its delete trigger, so the live-user count drifts; a start
+/// counts the users again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_start_recounts_live_users() {
+    let Some(db) = TestDb::create(Backend::Sqlite) else {
+        return;
+    };
+    troupe::db::migrations::run_pending(&db.url).expect("migrate");
+    let mut conn = DirectDb::connect(&db.url);
+    conn.execute(
+        "INSERT INTO users (id, name, email, created_at, updated_at) VALUES \
+         (1, 'One', 'one@example.com', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP), \
+         (2, 'Two', 'two@example.com', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+    );
+    conn.execute(
+        "INSERT OR REPLACE INTO users (id, name, email, created_at, updated_at) \
+         VALUES (1, 'Uno', 'one@example.com', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+    );
+    let drifted = conn.scalar("SELECT live AS count FROM live_user_counts WHERE slot = 0");
+    assert_eq!(drifted, 3, "the replace counted a user it did not add");
+
+    let settings = test_settings(db.url.clone());
+    let pool = troupe::db::DbPool::connect(&db.url, &settings.pool).expect("pool");
+    let app = TestApp::start(settings, db);
+    assert_eq!(list(&app, "").await["total"], 2, "start counted again");
+
+    let Ok(troupe::db::DbConn::Sqlite(mut pooled)) = pool.get() else {
+        panic!("an SQLite connection from troupe's pool");
+    };
+    diesel::sql_query(
+        "REPLACE INTO users (id, name, email, created_at, updated_at) \
+         VALUES (2, 'Dos', 'two@example.com', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+    )
+    .execute(&mut *pooled)
+    .expect("replace through troupe's connection");
+    assert_eq!(
+        list(&app, "").await["total"],
+        2,
+        "troupe's connections run a replace's delete trigger"
+    );
+    app.stop().await;
+}
+
 /// A PostgreSQL database whose default `TimeZone` is not UTC must store and
 /// return the same instants as one in UTC.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

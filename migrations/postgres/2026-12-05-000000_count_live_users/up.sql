@@ -7,7 +7,14 @@
 -- row lock cannot join a deadlock. Slot 0 holds what was folded in from
 -- sessions that have ended (fold_live_user_counts), which keeps the table
 -- small. The triggers run once per statement, so a batch that inserts many
--- users in one statement updates its row once.
+-- users in one statement updates its row once. The functions keep the
+-- search_path of this migration, so they find live_user_counts whatever
+-- the path of the session that writes users (pg_dump, for one, empties it).
+
+-- Writers wait until this migration commits, so no write falls between
+-- the count below and the triggers that take over from it.
+LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE;
+
 CREATE TABLE live_user_counts (
     slot INTEGER PRIMARY KEY,
     live BIGINT NOT NULL
@@ -17,7 +24,7 @@ INSERT INTO live_user_counts (slot, live)
 SELECT 0, count(*) FROM users WHERE deleted_at IS NULL;
 
 CREATE FUNCTION count_live_users() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
     delta BIGINT := 0;
 BEGIN
@@ -51,7 +58,7 @@ FOR EACH STATEMENT EXECUTE FUNCTION count_live_users();
 -- TRUNCATE skips row and transition-table triggers, so it resets the count
 -- itself.
 CREATE FUNCTION reset_live_user_counts() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
     DELETE FROM live_user_counts WHERE slot <> 0;
     UPDATE live_user_counts SET live = 0 WHERE slot = 0;
@@ -66,7 +73,7 @@ FOR EACH STATEMENT EXECUTE FUNCTION reset_live_user_counts();
 -- into slot 0. troupe calls it at start. A session that is still running
 -- keeps its row, so a fold never waits on an open write transaction's lock.
 CREATE FUNCTION fold_live_user_counts() RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE sql SET search_path FROM CURRENT AS $$
     WITH folded AS (
         DELETE FROM live_user_counts
         WHERE slot <> 0
