@@ -389,6 +389,40 @@ async fn postgres_live_count_ignores_search_path() {
     );
 }
 
+/// A role that may write `users` but has no grant on the count still
+/// writes, and is counted: the trigger functions run as their owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_live_count_needs_no_grant() {
+    let Some(db) = TestDb::create(Backend::Postgres) else {
+        return;
+    };
+    migrations::run_pending(&db.url).unwrap();
+    let mut raw = Raw::connect(&db.url);
+    let role = format!("troupe_test_writer_{}", std::process::id());
+    raw.execute(&format!("CREATE ROLE {role} NOLOGIN")).unwrap();
+    raw.execute(&format!("GRANT SELECT, INSERT, UPDATE ON users TO {role}"))
+        .unwrap();
+    raw.execute(&format!("GRANT USAGE ON SEQUENCE users_id_seq TO {role}"))
+        .unwrap();
+
+    raw.execute(&format!("SET ROLE {role}")).unwrap();
+    let inserted = raw.insert_user("a@example.com", false);
+    let deleted = raw.execute("UPDATE users SET deleted_at = now() WHERE email = 'a@example.com'");
+    let inserted_again = raw.insert_user("b@example.com", false);
+    raw.execute("RESET ROLE").unwrap();
+    let live = raw.count(LIVE_COUNT);
+    raw.execute(&format!("DROP OWNED BY {role}")).unwrap();
+    raw.execute(&format!("DROP ROLE {role}")).unwrap();
+
+    assert!(inserted.is_ok(), "the role inserts: {inserted:?}");
+    assert_eq!(deleted.ok(), Some(1), "the role soft-deletes");
+    assert!(
+        inserted_again.is_ok(),
+        "the role inserts again: {inserted_again:?}"
+    );
+    assert_eq!(live, 1, "the role's writes are counted");
+}
+
 /// The migration that adds the count waits for write transactions that are
 /// open when it starts, so a user they add is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

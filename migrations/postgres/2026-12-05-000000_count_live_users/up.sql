@@ -9,7 +9,9 @@
 -- small. The triggers run once per statement, so a batch that inserts many
 -- users in one statement updates its row once. The functions keep the
 -- search_path of this migration, so they find live_user_counts whatever
--- the path of the session that writes users (pg_dump, for one, empties it).
+-- the path of the session that writes users (pg_dump, for one, empties it),
+-- and run as their owner, so a role that may write users needs no grant on
+-- live_user_counts.
 
 -- Writers wait until this migration commits, so no write falls between
 -- the count below and the triggers that take over from it.
@@ -24,7 +26,7 @@ INSERT INTO live_user_counts (slot, live)
 SELECT 0, count(*) FROM users WHERE deleted_at IS NULL;
 
 CREATE FUNCTION count_live_users() RETURNS trigger
-LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
     delta BIGINT := 0;
 BEGIN
@@ -58,7 +60,7 @@ FOR EACH STATEMENT EXECUTE FUNCTION count_live_users();
 -- TRUNCATE skips row and transition-table triggers, so it resets the count
 -- itself.
 CREATE FUNCTION reset_live_user_counts() RETURNS trigger
-LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 BEGIN
     DELETE FROM live_user_counts WHERE slot <> 0;
     UPDATE live_user_counts SET live = 0 WHERE slot = 0;
@@ -73,7 +75,7 @@ FOR EACH STATEMENT EXECUTE FUNCTION reset_live_user_counts();
 -- into slot 0. troupe calls it at start. A session that is still running
 -- keeps its row, so a fold never waits on an open write transaction's lock.
 CREATE FUNCTION fold_live_user_counts() RETURNS void
-LANGUAGE sql SET search_path FROM CURRENT AS $$
+LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS $$
     WITH folded AS (
         DELETE FROM live_user_counts
         WHERE slot <> 0
