@@ -95,9 +95,10 @@ pub fn list(
     }
 
     with_conn!(conn, c => c.snapshot_transaction(|c| {
-        let total: i64 = match filter.is_empty() {
-            true => live_user_count().get_result(c)?,
-            false => filtered!().count().get_result(c)?,
+        let total: i64 = if filter.is_empty() {
+            live_user_count().get_result(c)?
+        } else {
+            filtered!().count().get_result(c)?
         };
         if page.offset() >= total {
             return Ok(Page { items: Vec::new(), total });
