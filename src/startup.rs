@@ -186,7 +186,10 @@ impl Application {
         let counting = pool.clone();
         let refreshed = web::block(move || counting.get()?.refresh_live_user_count()).await?;
         if let Err(error) = refreshed {
-            tracing::warn!(%error, "could not refresh the live-user count");
+            tracing::warn!(
+                %error,
+                "refreshing the live-user count failed, so listings use the stored count"
+            );
         }
 
         let store_arbiter = Arbiter::new();

@@ -99,13 +99,11 @@ impl DbConn {
         }
     }
 
-    /// Tidies the live-user count at start. On PostgreSQL it folds the rows
-    /// of sessions that have ended into one, so the listing's total sums a
-    /// few rows: every session that writes users adds a row of its own. On
-    /// SQLite it counts the users again, in one statement under the write
-    /// lock. That corrects a count left wrong by a `REPLACE` run with
-    /// `recursive_triggers` off, which removes rows without their delete
-    /// triggers.
+    /// Brings the live-user count up to date at start. On PostgreSQL it
+    /// folds the rows of ended sessions into one, because every session that
+    /// writes users adds a row of its own. On SQLite it counts the users
+    /// again in one statement, which repairs the drift a `REPLACE` leaves
+    /// when run with `recursive_triggers` off.
     pub fn refresh_live_user_count(&mut self) -> Result<(), DbError> {
         match self {
             Self::Pg(conn) => Ok(conn.batch_execute("SELECT fold_live_user_counts()")?),

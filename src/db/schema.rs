@@ -30,7 +30,7 @@ diesel::table! {
 
 diesel::table! {
     /// The number of users that are not deleted, kept by triggers on
-    /// `users`; the total is the sum of `live` over every slot.
+    /// `users`. The total is the sum of `live` over every slot.
     live_user_counts (slot) {
         slot -> Integer,
         live -> BigInt,

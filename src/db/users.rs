@@ -127,9 +127,9 @@ pub fn list(
     }))
 }
 
-/// The number of users that are not deleted, from the counts the database
-/// triggers keep, so it costs a few rows instead of a scan of `users`.
-/// PostgreSQL sums a `BIGINT` column into a `NUMERIC`, hence the cast.
+/// Selects the number of users that are not deleted from the counts the
+/// triggers keep, which reads a few rows instead of scanning `users`. The
+/// cast is there because PostgreSQL sums a `BIGINT` column into a `NUMERIC`.
 fn live_user_count() -> diesel::dsl::Select<
     live_user_counts::table,
     diesel::expression::SqlLiteral<diesel::sql_types::BigInt>,

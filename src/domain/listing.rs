@@ -139,7 +139,7 @@ pub struct UserFilter {
 }
 
 impl UserFilter {
-    /// True when the filter keeps every user.
+    /// Returns whether the filter keeps every user.
     pub fn is_empty(&self) -> bool {
         self.min_age.is_none() && self.max_age.is_none() && self.email.is_none()
     }

@@ -1003,7 +1003,8 @@ async fn internal_error_hides_details(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else {
         return;
     };
-    // Both tables a listing reads, so it fails before it finds the page empty.
+    // Renames both tables a listing reads, so the listing fails instead of
+    // finding an empty table.
     execute_sql(&app.db.url, "ALTER TABLE users RENAME TO users_gone");
     execute_sql(
         &app.db.url,

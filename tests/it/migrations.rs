@@ -308,9 +308,9 @@ async fn email_index_ignores_deleted_users(backend: Backend) {
 const LIVE_COUNT: &str = "SELECT CAST(COALESCE(SUM(live), 0) AS BIGINT) AS n FROM live_user_counts";
 const LIVE_USERS: &str = "SELECT COUNT(*) AS n FROM users WHERE deleted_at IS NULL";
 
-/// The triggers keep the live count equal to a count of the table through
-/// inserts, soft deletes, restores, hard deletes and other updates, made
-/// with plain SQL as an operator would.
+/// Checks that the triggers keep the live count equal to a count of the
+/// table through inserts, soft deletes, restores, hard deletes and other
+/// updates, made with plain SQL as an operator would.
 async fn live_count_follows_every_change(backend: Backend) {
     let Some(db) = TestDb::create(backend) else {
         return;

@@ -1671,8 +1671,8 @@ async fn postgres_start_folds_ended_sessions_counts() {
 }
 
 /// On SQLite a `REPLACE` run without `recursive_triggers` removes a row
-/// without its delete trigger, so the live-user count drifts; a start
-/// counts the users again.
+/// without its delete trigger, so the live-user count drifts. A start
+/// counts the users again, and troupe's own connections run the trigger.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_start_recounts_live_users() {
     let Some(db) = TestDb::create(Backend::Sqlite) else {
