@@ -33,15 +33,14 @@ pub async fn request_context(
         .and_then(|value| value.to_str().ok())
         .and_then(RequestId::parse)
         .unwrap_or_else(RequestId::generate);
-    let route = request
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_owned());
     let method = request.method().clone();
+    // The route is known once the router has matched, so it joins the span
+    // then. Reading it before would match the path against the routes twice.
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
         http.method = %method,
-        http.route = %route,
+        http.route = tracing::field::Empty,
     );
 
     request.extensions_mut().insert(request_id.clone());
@@ -64,6 +63,11 @@ pub async fn request_context(
     // Inner services turn handler errors into responses, so an `Err` here
     // is rare; actix renders it with the error's own `error_response`.
     let response = outcome?.map_into_boxed_body();
+    let route = response
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    span.record("http.route", route.as_str());
     // Read the error before `render_problem` replaces the response with
     // one that no longer carries it.
     let api_error = response
