@@ -550,6 +550,7 @@ async fn path_ids_invalid_400(backend: Backend) {
         ("1.5", "fraction"),
         ("9223372036854775808", "one past the 64-bit maximum"),
         ("99999999999999999999", "far past the 64-bit maximum"),
+        ("%C3%A9", "a non-ASCII letter, still routed"),
     ];
 
     for (method, template, body) in id_routes() {
