@@ -135,6 +135,15 @@ impl Raw {
     }
 }
 
+/// Creates a test database with every migration applied and opens a raw
+/// connection to it, or returns `None` when `backend` is not available.
+fn migrated(backend: Backend) -> Option<(TestDb, Raw)> {
+    let db = TestDb::create(backend)?;
+    migrations::run_pending(&db.url).unwrap();
+    let raw = Raw::connect(&db.url);
+    Some((db, raw))
+}
+
 fn versions(statuses: &[MigrationStatus]) -> Vec<String> {
     statuses.iter().map(|s| s.version.clone()).collect()
 }
@@ -254,11 +263,9 @@ async fn down_reverses_up(backend: Backend) {
 }
 
 async fn email_index_ignores_case(backend: Backend) {
-    let Some(db) = TestDb::create(backend) else {
+    let Some((_db, mut raw)) = migrated(backend) else {
         return;
     };
-    migrations::run_pending(&db.url).unwrap();
-    let mut raw = Raw::connect(&db.url);
 
     let first = raw.insert_user("Ada@Example.com", false);
     let second = raw.insert_user("ada@example.COM", false);
@@ -271,11 +278,9 @@ async fn email_index_ignores_case(backend: Backend) {
 }
 
 async fn email_index_ignores_deleted_users(backend: Backend) {
-    let Some(db) = TestDb::create(backend) else {
+    let Some((_db, mut raw)) = migrated(backend) else {
         return;
     };
-    migrations::run_pending(&db.url).unwrap();
-    let mut raw = Raw::connect(&db.url);
 
     let deleted = raw.insert_user("ada@example.com", true);
     let live = raw.insert_user("ADA@example.com", false);
@@ -312,11 +317,9 @@ const LIVE_USERS: &str = "SELECT COUNT(*) AS n FROM users WHERE deleted_at IS NU
 /// table through inserts, soft deletes, restores, hard deletes and other
 /// updates, made with plain SQL as an operator would.
 async fn live_count_follows_every_change(backend: Backend) {
-    let Some(db) = TestDb::create(backend) else {
+    let Some((_db, mut raw)) = migrated(backend) else {
         return;
     };
-    migrations::run_pending(&db.url).unwrap();
-    let mut raw = Raw::connect(&db.url);
     assert_eq!(raw.count(LIVE_COUNT), 0, "an empty table counts none");
 
     let mut steps = vec![
@@ -357,11 +360,9 @@ async fn live_count_follows_every_change(backend: Backend) {
 /// schema earlier in the path may hold a table of the same name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_live_count_ignores_search_path() {
-    let Some(db) = TestDb::create(Backend::Postgres) else {
+    let Some((_db, mut raw)) = migrated(Backend::Postgres) else {
         return;
     };
-    migrations::run_pending(&db.url).unwrap();
-    let mut raw = Raw::connect(&db.url);
     raw.execute("CREATE SCHEMA decoy").unwrap();
     raw.execute(
         "CREATE TABLE decoy.live_user_counts (slot INTEGER PRIMARY KEY, live BIGINT NOT NULL)",
@@ -393,11 +394,9 @@ async fn postgres_live_count_ignores_search_path() {
 /// writes, and is counted: the trigger functions run as their owner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_live_count_needs_no_grant() {
-    let Some(db) = TestDb::create(Backend::Postgres) else {
+    let Some((_db, mut raw)) = migrated(Backend::Postgres) else {
         return;
     };
-    migrations::run_pending(&db.url).unwrap();
-    let mut raw = Raw::connect(&db.url);
     let role = format!("troupe_test_writer_{}", std::process::id());
     raw.execute(&format!("CREATE ROLE {role} NOLOGIN")).unwrap();
     raw.execute(&format!("GRANT SELECT, INSERT, UPDATE ON users TO {role}"))
@@ -427,11 +426,9 @@ async fn postgres_live_count_needs_no_grant() {
 /// open when it starts, so a user they add is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_live_count_waits_for_open_writes() {
-    let Some(db) = TestDb::create(Backend::Postgres) else {
+    let Some((db, mut raw)) = migrated(Backend::Postgres) else {
         return;
     };
-    migrations::run_pending(&db.url).unwrap();
-    let mut raw = Raw::connect(&db.url);
     while raw.has_table("live_user_counts") {
         migrations::revert_last(&db.url).unwrap();
     }
@@ -465,11 +462,9 @@ async fn postgres_live_count_waits_for_open_writes() {
 /// Applied to a database that already has users, the migration that adds
 /// the live count starts it from them.
 async fn live_count_starts_from_existing_users(backend: Backend) {
-    let Some(db) = TestDb::create(backend) else {
+    let Some((db, mut raw)) = migrated(backend) else {
         return;
     };
-    migrations::run_pending(&db.url).unwrap();
-    let mut raw = Raw::connect(&db.url);
     while raw.has_table("live_user_counts") {
         migrations::revert_last(&db.url).unwrap();
     }
