@@ -7,7 +7,7 @@ use diesel::prelude::*;
 
 use super::dialect::Dialect;
 use super::models::{NewPostRow, NewUserRow, PostRow, UserChanges, UserRow};
-use super::schema::{live_user_counts, posts, users};
+use super::schema::{posts, users};
 use super::{with_conn, DbConn, DbError};
 use crate::domain::{
     DeleteMode, Direction, IfMatch, NewUser, Page, PageRequest, Post, User, UserFields, UserFilter,
@@ -118,10 +118,9 @@ pub fn list(
     }
 
     if filter.is_empty() {
-        // One statement reads the page and the total from one snapshot, so
-        // no transaction is needed. On PostgreSQL that is one round trip
-        // instead of four. An empty page (past the end, or no users)
-        // carries no total and takes the path below.
+        // One statement reads page and total from one snapshot, without a
+        // transaction: one round trip to PostgreSQL instead of four. An
+        // empty page carries no total, so it takes the transaction below.
         let rows: Vec<(UserRow, i64)> = with_conn!(conn, c => {
             sorted!(filtered!().select((UserRow::as_select(), live_user_total())))
                 .limit(page.limit())
@@ -136,7 +135,7 @@ pub fn list(
 
     with_conn!(conn, c => c.snapshot_transaction(|c| {
         let total: i64 = if filter.is_empty() {
-            live_user_count().get_result(c)?
+            diesel::select(live_user_total()).get_result(c)?
         } else {
             filtered!().count().get_result(c)?
         };
@@ -154,25 +153,12 @@ pub fn list(
     }))
 }
 
-/// The sum of the live-user counts. The cast is there because PostgreSQL
-/// sums a `BIGINT` column into a `NUMERIC`.
-const LIVE_USER_SUM: &str = "CAST(COALESCE(SUM(live), 0) AS BIGINT)";
-
-/// Builds a subquery of the number of users that are not deleted, for the
-/// select list of a query on `users` (see `live_user_count`).
+/// Builds a subquery of the number of users that are not deleted, summed
+/// from the counts the triggers keep instead of scanning `users`. It works
+/// as a query of its own or in the select list of a query on `users`. The
+/// cast is there because PostgreSQL sums a `BIGINT` column into a `NUMERIC`.
 fn live_user_total() -> diesel::expression::SqlLiteral<diesel::sql_types::BigInt> {
-    diesel::dsl::sql::<diesel::sql_types::BigInt>(&format!(
-        "(SELECT {LIVE_USER_SUM} FROM live_user_counts)"
-    ))
-}
-
-/// Selects the number of users that are not deleted from the counts the
-/// triggers keep, which reads a few rows instead of scanning `users`.
-fn live_user_count() -> diesel::dsl::Select<
-    live_user_counts::table,
-    diesel::expression::SqlLiteral<diesel::sql_types::BigInt>,
-> {
-    live_user_counts::table.select(diesel::dsl::sql::<diesel::sql_types::BigInt>(LIVE_USER_SUM))
+    diesel::dsl::sql("(SELECT CAST(COALESCE(SUM(live), 0) AS BIGINT) FROM live_user_counts)")
 }
 
 /// Inserts a user and its posts in one transaction.
