@@ -3,7 +3,11 @@
 use std::collections::HashMap;
 
 use chrono::NaiveDateTime;
+use diesel::backend::Backend;
+use diesel::expression::{is_aggregate, AppearsOnTable, Expression, ValidGrouping};
 use diesel::prelude::*;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::sql_types::BigInt;
 
 use super::dialect::Dialect;
 use super::models::{NewPostRow, NewUserRow, PostRow, UserChanges, UserRow};
@@ -121,12 +125,22 @@ pub fn list(
         // One statement reads page and total from one snapshot, without a
         // transaction: one round trip to PostgreSQL instead of four. An
         // empty page carries no total, so it takes the transaction below.
-        let rows: Vec<(UserRow, i64)> = with_conn!(conn, c => {
-            sorted!(filtered!().select((UserRow::as_select(), live_user_total())))
+        // SQLite skips the rows before `OFFSET` without computing their
+        // select list, so the total can sit in the page's own select list
+        // there; PostgreSQL gets it from `PageWithTotal`.
+        let rows: Vec<(UserRow, i64)> = match conn {
+            DbConn::Pg(c) => PageWithTotal {
+                page: sorted!(filtered!().select(UserRow::as_select()))
+                    .limit(page.limit())
+                    .offset(page.offset()),
+                order: page_order(sort),
+            }
+            .load(&mut **c),
+            DbConn::Sqlite(c) => sorted!(filtered!().select((UserRow::as_select(), LiveUserTotal)))
                 .limit(page.limit())
                 .offset(page.offset())
-                .load(c)
-        })?;
+                .load(&mut **c),
+        }?;
         if let Some(&(_, total)) = rows.first() {
             let items = rows.into_iter().map(|(row, _)| User::from(row)).collect();
             return Ok(Page { items, total });
@@ -135,7 +149,7 @@ pub fn list(
 
     with_conn!(conn, c => c.snapshot_transaction(|c| {
         let total: i64 = if filter.is_empty() {
-            diesel::select(live_user_total()).get_result(c)?
+            diesel::select(LiveUserTotal).get_result(c)?
         } else {
             filtered!().count().get_result(c)?
         };
@@ -153,12 +167,89 @@ pub fn list(
     }))
 }
 
-/// Builds a subquery of the number of users that are not deleted, summed
-/// from the counts the triggers keep instead of scanning `users`. It works
-/// as a query of its own or in the select list of a query on `users`. The
-/// cast is there because PostgreSQL sums a `BIGINT` column into a `NUMERIC`.
-fn live_user_total() -> diesel::expression::SqlLiteral<diesel::sql_types::BigInt> {
-    diesel::dsl::sql("(SELECT CAST(COALESCE(SUM(live), 0) AS BIGINT) FROM live_user_counts)")
+/// A subquery of the number of users that are not deleted, summed from the
+/// counts the triggers keep instead of scanning `users`. It works as a query
+/// of its own or in a select list. The cast is there because PostgreSQL
+/// sums a `BIGINT` column into a `NUMERIC`.
+///
+/// It is an expression type rather than a `diesel::dsl::sql` literal
+/// because Diesel never keeps a statement with a literal in it prepared,
+/// while a statement built from this type is prepared once per connection.
+#[derive(Debug, Clone, Copy, QueryId)]
+struct LiveUserTotal;
+
+impl Expression for LiveUserTotal {
+    type SqlType = BigInt;
+}
+
+impl<DB: Backend> QueryFragment<DB> for LiveUserTotal {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.push_sql("(SELECT CAST(COALESCE(SUM(live), 0) AS BIGINT) FROM live_user_counts)");
+        Ok(())
+    }
+}
+
+impl<QS> AppearsOnTable<QS> for LiveUserTotal {}
+
+impl<QS> SelectableExpression<QS> for LiveUserTotal {}
+
+impl<GroupBy> ValidGrouping<GroupBy> for LiveUserTotal {
+    type IsAggregate = is_aggregate::Never;
+}
+
+/// `SELECT page.*, <live-user total> FROM (<page>) AS page ORDER BY <order>`:
+/// a page of users with the live-user total on each row, from one
+/// statement and so from one snapshot.
+///
+/// The total is added outside the page's query because PostgreSQL computes
+/// the select list of every row it reads, including the rows `OFFSET`
+/// skips: with the total in the page's own select list, each skipped row
+/// costs a projection of all its columns. `order` restates the page's
+/// order over the columns of `page`, since SQL keeps no order through a
+/// subquery.
+struct PageWithTotal<Q> {
+    page: Q,
+    order: &'static str,
+}
+
+impl<Q: Query> Query for PageWithTotal<Q> {
+    type SqlType = (Q::SqlType, BigInt);
+}
+
+impl<Q> QueryId for PageWithTotal<Q> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<Q, DB> QueryFragment<DB> for PageWithTotal<Q>
+where
+    DB: Backend,
+    Q: QueryFragment<DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.push_sql("SELECT page.*, ");
+        LiveUserTotal.walk_ast(out.reborrow())?;
+        out.push_sql(" FROM (");
+        self.page.walk_ast(out.reborrow())?;
+        out.push_sql(") AS page ORDER BY ");
+        out.push_sql(self.order);
+        Ok(())
+    }
+}
+
+impl<Q, Conn> RunQueryDsl<Conn> for PageWithTotal<Q> {}
+
+/// The order `sorted!` gives a listing, over the columns of the `page`
+/// subquery of [`PageWithTotal`].
+fn page_order(sort: UserSort) -> &'static str {
+    match sort {
+        UserSort::Id(Direction::Ascending) => "page.id",
+        UserSort::Id(Direction::Descending) => "page.id DESC",
+        UserSort::Name(Direction::Ascending) => "page.name, page.id",
+        UserSort::Name(Direction::Descending) => "page.name DESC, page.id DESC",
+        UserSort::CreatedAt(Direction::Ascending) => "page.created_at, page.id",
+        UserSort::CreatedAt(Direction::Descending) => "page.created_at DESC, page.id DESC",
+    }
 }
 
 /// Inserts a user and its posts in one transaction.
