@@ -22,7 +22,7 @@
 //! | `TROUPE_WRITE_BATCH_MAX` | 64 | user or post writes committed in one transaction; 1 turns batching off |
 //! | `TROUPE_HTTP_WORKERS` | cores | HTTP worker threads |
 //! | `TROUPE_LOG_FORMAT` | `pretty` | `pretty` or `json` |
-//! | `TROUPE_LOG` | `info` | level or `tracing` filter directives |
+//! | `TROUPE_LOG` | `info` | level or `target=level` directives |
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
@@ -117,8 +117,9 @@ pub struct LogArgs {
     #[arg(long, env = "TROUPE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
     pub log_format: LogFormat,
 
-    /// Log level (`error`, `warn`, `info`, `debug`, `trace`) or `tracing`
-    /// filter directives such as `info,troupe::actors=debug`.
+    /// Log level (`off`, `error`, `warn`, `info`, `debug`, `trace`) or
+    /// comma-separated `target=level` directives such as
+    /// `info,troupe::actors=debug`.
     #[arg(long, env = "TROUPE_LOG", default_value = "info", global = true)]
     pub log_level: String,
 }
