@@ -103,7 +103,11 @@ fn actor_round_trip(c: &mut Criterion) {
     });
 }
 
-async fn get(store: &Addr<UserStore>, id: UserId, ctx: RequestCtx) -> Result<User, ActorError> {
+async fn get(
+    store: &Addr<UserStore>,
+    id: UserId,
+    ctx: RequestCtx,
+) -> Result<Arc<User>, ActorError> {
     ActorError::flatten("user_store", store.send(GetUser { ctx, id }).await)
 }
 

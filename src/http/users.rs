@@ -1,6 +1,8 @@
 //! `/api/v1/users` handlers: decode and validate, send one message to the
 //! user store, render the reply.
 
+use std::sync::Arc;
+
 use actix::Addr;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -196,7 +198,7 @@ async fn read_cached(
     request: &HttpRequest,
     state: &AppState,
     message: GetUser,
-) -> Result<User, ApiError> {
+) -> Result<Arc<User>, ApiError> {
     match request.app_data::<Option<Addr<CacheReplica>>>() {
         Some(Some(replica)) => {
             let delivery = replica.send(message).await;

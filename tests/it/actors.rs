@@ -369,6 +369,7 @@ fn rename(name: &str) -> UserPatch {
 
 async fn get(store: &Addr<UserStore>, id: UserId) -> Result<User, ActorError> {
     ActorError::flatten("user_store", store.send(GetUser { ctx: ctx(), id }).await)
+        .map(Arc::unwrap_or_clone)
 }
 
 async fn create(store: &Addr<UserStore>, user: NewUser) -> Result<UserWithPosts, ActorError> {
@@ -773,7 +774,7 @@ async fn store_overlapping_read_not_cached() {
     let stale = ActorError::flatten("user_store", read.await);
     let fresh = get(&store, id(7)).await;
 
-    assert_eq!(stale.unwrap(), ada, "the held read returns what it read");
+    assert_eq!(*stale.unwrap(), ada, "the held read returns what it read");
     assert_eq!(
         script.finds(),
         vec![id(7), id(7)],
@@ -847,10 +848,10 @@ async fn store_reads_misses_together() {
         vec![vec![id(2), id(3), id(4)]],
         "the later reads go in one FindMany, each id once"
     );
-    assert_eq!(first.unwrap(), ada, "the first read gets its user");
-    assert_eq!(later[0].as_ref().unwrap(), &bob, "id 2 gets Bob");
-    assert_eq!(later[1].as_ref().unwrap(), &eve, "id 3 gets Eve");
-    assert_eq!(later[2].as_ref().unwrap(), &bob, "id 2 again gets Bob");
+    assert_eq!(*first.unwrap(), ada, "the first read gets its user");
+    assert_eq!(**later[0].as_ref().unwrap(), bob, "id 2 gets Bob");
+    assert_eq!(**later[1].as_ref().unwrap(), eve, "id 3 gets Eve");
+    assert_eq!(**later[2].as_ref().unwrap(), bob, "id 2 again gets Bob");
     assert!(
         matches!(later[3], Err(ActorError::Db(DbError::NotFound))),
         "id 4, which the query did not return, is not found: {:?}",
@@ -1573,7 +1574,7 @@ async fn store_backoff_expires_waiting_requests() {
         "a read that expired during the backoff gets DeadlineExceeded: {hurried:?}"
     );
     assert_eq!(
-        patient.unwrap(),
+        *patient.unwrap(),
         ada,
         "a read with time left is served after the backoff"
     );
@@ -2205,6 +2206,7 @@ async fn get_via(replica: &Addr<CacheReplica>, id: UserId) -> Result<User, Actor
         "cache_replica",
         replica.send(GetUser { ctx: ctx(), id }).await,
     )
+    .map(Arc::unwrap_or_clone)
 }
 
 /// Returns user 7 and the same user after a rename to "Ada King".
@@ -2237,6 +2239,50 @@ async fn replica_serves_repeat_reads_itself() {
 
     assert_eq!(first.unwrap(), ada, "the first read comes from the store");
     assert_eq!(second.unwrap(), ada, "the second read is the same user");
+    assert_eq!(script.finds(), vec![id(7)], "the database is asked once");
+}
+
+#[actix::test]
+async fn replica_and_store_share_one_copy_of_a_user() {
+    let (store, _recorder, script) = recorded_store(8);
+    script
+        .replies()
+        .find
+        .push_back(Reply::Ready(Ok(user(7, "Ada", "ada@example.com"))));
+    let replica = replica_of(&store);
+    let read = |addr: Addr<CacheReplica>| async move {
+        ActorError::flatten(
+            "cache_replica",
+            addr.send(GetUser {
+                ctx: ctx(),
+                id: id(7),
+            })
+            .await,
+        )
+        .unwrap()
+    };
+
+    let from_store = read(replica.clone()).await;
+    let from_replica = read(replica).await;
+    let from_store_cache = ActorError::flatten(
+        "user_store",
+        store
+            .send(GetUser {
+                ctx: ctx(),
+                id: id(7),
+            })
+            .await,
+    )
+    .unwrap();
+
+    assert!(
+        Arc::ptr_eq(&from_store, &from_replica),
+        "the replica keeps the user the store sent, not a copy"
+    );
+    assert!(
+        Arc::ptr_eq(&from_store, &from_store_cache),
+        "the store's cache holds that same user"
+    );
     assert_eq!(script.finds(), vec![id(7)], "the database is asked once");
 }
 

@@ -1,5 +1,7 @@
 //! The messages the `UserStore` handles.
 
+use std::sync::Arc;
+
 use actix::prelude::*;
 
 use crate::actors::{ActorError, RequestCtx};
@@ -25,8 +27,9 @@ macro_rules! store_message {
 }
 
 store_message!(
-    /// Reads one user, from the cache when it is there.
-    GetUser { id: UserId } -> User
+    /// Reads one user, from the cache when it is there. The user is shared
+    /// with the caches that keep it, so a hit copies no field.
+    GetUser { id: UserId } -> Arc<User>
 );
 store_message!(
     /// Reads one user with its posts, always from the database.

@@ -63,7 +63,7 @@ pub struct StoreStats {
 pub struct UserStore {
     db: UserDb,
     capacity: NonZeroUsize,
-    cache: LruCache<UserId, User>,
+    cache: LruCache<UserId, Arc<User>>,
     generation: u64,
     stats: Arc<StoreStats>,
     restarts: RestartTracker,
@@ -335,7 +335,7 @@ impl Handler<AddReplica> for UserStore {
 }
 
 impl Handler<GetUser> for UserStore {
-    type Result = ResponseActFuture<Self, Result<User, ActorError>>;
+    type Result = ResponseActFuture<Self, Result<Arc<User>, ActorError>>;
 
     fn handle(&mut self, message: GetUser, ctx: &mut Context<Self>) -> Self::Result {
         let on_panic =
@@ -354,6 +354,7 @@ impl Handler<GetUser> for UserStore {
             let span = span.clone();
             let reply = store.read(ctx, request, id);
             Box::pin(reply.into_actor(store).map(move |result, store, _| {
+                let result = result.map(Arc::new);
                 if let Ok(user) = &result {
                     if store.caching && store.generation == generation {
                         store.cache.put(id, user.clone());

@@ -1,6 +1,7 @@
 //! `CacheReplica`: a copy of the user cache on one HTTP worker thread.
 
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 
 use actix::fut::{self, ActorFutureExt, WrapFuture};
 use actix::prelude::*;
@@ -22,7 +23,7 @@ use crate::domain::{User, UserId};
 /// evictions), as in the store.
 pub struct CacheReplica {
     store: Addr<UserStore>,
-    cache: LruCache<UserId, User>,
+    cache: LruCache<UserId, Arc<User>>,
     generation: u64,
     /// False when the store could not put this replica on its list; then
     /// nothing is kept, because no eviction would reach it.
@@ -78,7 +79,7 @@ impl Handler<EvictReplica> for CacheReplica {
 }
 
 impl Handler<GetUser> for CacheReplica {
-    type Result = ResponseActFuture<Self, Result<User, ActorError>>;
+    type Result = ResponseActFuture<Self, Result<Arc<User>, ActorError>>;
 
     fn handle(&mut self, message: GetUser, _: &mut Context<Self>) -> Self::Result {
         let id = message.id;
