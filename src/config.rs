@@ -48,7 +48,7 @@ pub const DEFAULT_SHUTDOWN_DELAY_MS: u64 = 0;
 pub const DEFAULT_DB_WORKER_PING_BUDGET_MS: u64 = 15_000;
 pub const DEFAULT_BODY_LIMIT_BYTES: u64 = 64 * 1024;
 pub const DEFAULT_CLIENT_TIMEOUT_MS: u64 = 5000;
-pub const DEFAULT_CACHE_CAPACITY: usize = 10_000;
+pub const DEFAULT_CACHE_CAPACITY: u32 = 10_000;
 pub const DEFAULT_WRITE_BATCH_MAX: u32 = 64;
 
 /// troupe: an actor-based users-and-posts REST service.
@@ -212,9 +212,11 @@ pub struct ServeArgs {
     pub client_timeout_ms: u64,
 
     /// Users kept in the user-store cache and in each HTTP worker's cache
-    /// replica; 0 turns both off.
-    #[arg(long, env = "TROUPE_CACHE_CAPACITY", default_value_t = DEFAULT_CACHE_CAPACITY)]
-    pub cache_capacity: usize,
+    /// replica, at most 10 000 000; 0 turns both off. Each cache sets its
+    /// table aside for the whole capacity at start.
+    #[arg(long, env = "TROUPE_CACHE_CAPACITY", default_value_t = DEFAULT_CACHE_CAPACITY,
+          value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
+    pub cache_capacity: u32,
 
     /// User or post writes committed together in one transaction; 1 commits
     /// every write on its own.
@@ -365,7 +367,7 @@ impl Settings {
             ping_budget: Duration::from_millis(serve.db_worker_ping_budget_ms),
             body_limit: serve.body_limit_bytes as usize,
             client_timeout: Duration::from_millis(serve.client_timeout_ms),
-            cache_capacity: NonZeroUsize::new(serve.cache_capacity),
+            cache_capacity: NonZeroUsize::new(serve.cache_capacity as usize),
             write_batch_max: serve.write_batch_max as usize,
             http_workers: serve.http_workers.map(|n| n as usize),
         })

@@ -276,6 +276,26 @@ fn cli_invalid_settings_fail_start() {
             setting: "--log-format",
             reason: "an unknown log format",
         },
+        BadStart {
+            args: vec!["--database-url", db, "serve", "--bind", bind],
+            env: Some(("TROUPE_CACHE_CAPACITY", "10000001")),
+            setting: "--cache-capacity",
+            reason: "a cache larger than the largest allowed",
+        },
+        BadStart {
+            args: vec![
+                "--database-url",
+                db,
+                "serve",
+                "--bind",
+                bind,
+                "--cache-capacity",
+                "18446744073709551615",
+            ],
+            env: None,
+            setting: "--cache-capacity",
+            reason: "a cache whose table would overflow",
+        },
     ];
 
     for case in cases {
