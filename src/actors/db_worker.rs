@@ -6,7 +6,7 @@ use std::time::Instant;
 use actix::{Actor, Addr, Handler, Message, SyncArbiter, SyncContext};
 
 use super::batch::{run_live, LiveWrite};
-use super::{panic_message, ActorError, Batch, RequestCtx};
+use super::{panic_message, ActorError, Batch, RequestCtx, RequestId};
 use crate::db::{DbConn, DbError, DbPool};
 
 /// One unit of database work: a plain function of a connection. Each query
@@ -114,22 +114,31 @@ impl DbWorker {
         }
     }
 
-    fn skip_expired(&self, name: &'static str) -> ActorError {
+    fn skip_expired(&self, name: &'static str, request_id: &RequestId) -> ActorError {
         self.stats.deadline_skips.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             db.op = name,
+            request_id = %request_id,
             "request deadline passed before the query started, skipped"
         );
         ActorError::DeadlineExceeded
     }
 
-    fn caught_panic(&mut self, name: &'static str, payload: &(dyn std::any::Any + Send)) {
+    /// Logs the panic of query `name` and drops the connection. There is no
+    /// `request_id` for a batch, which serves several requests.
+    fn caught_panic(
+        &mut self,
+        name: &'static str,
+        request_id: Option<&RequestId>,
+        payload: &(dyn std::any::Any + Send),
+    ) {
         // A connection left inside a transaction is discarded by the pool on
         // return, which rolls the transaction back.
         self.conn = None;
         self.stats.panics.fetch_add(1, Ordering::Relaxed);
         tracing::error!(
             db.op = name,
+            request_id = request_id.map(tracing::field::display),
             panic = panic_message(payload),
             "database worker caught a panic and took a fresh connection"
         );
@@ -144,7 +153,7 @@ impl<Q: DbQuery> Handler<Query<Q>> for DbWorker {
         let _entered = ctx.span.enter();
 
         if ctx.is_expired() {
-            return Err(self.skip_expired(Q::NAME));
+            return Err(self.skip_expired(Q::NAME, &ctx.request_id));
         }
 
         let started = Instant::now();
@@ -164,7 +173,7 @@ impl<Q: DbQuery> Handler<Query<Q>> for DbWorker {
                 Err(ActorError::Db(error))
             }
             Err(payload) => {
-                self.caught_panic(Q::NAME, payload.as_ref());
+                self.caught_panic(Q::NAME, Some(&ctx.request_id), payload.as_ref());
                 Err(ActorError::Panicked { actor: "db_worker" })
             }
         }
@@ -184,7 +193,7 @@ impl<Q: DbQuery + Clone> Handler<Batch<Q>> for DbWorker {
         for (index, Query { ctx, query }) in batch.items.into_iter().enumerate() {
             if ctx.is_expired() {
                 let _entered = ctx.span.enter();
-                results.push(Some(Err(self.skip_expired(query.name()))));
+                results.push(Some(Err(self.skip_expired(query.name(), &ctx.request_id))));
             } else {
                 results.push(None);
                 live.push(LiveWrite { index, ctx, query });
@@ -216,7 +225,7 @@ impl<Q: DbQuery + Clone> Handler<Batch<Q>> for DbWorker {
                 Err(ActorError::Db(error))
             }
             Err(payload) => {
-                self.caught_panic(Q::NAME, payload.as_ref());
+                self.caught_panic(Q::NAME, None, payload.as_ref());
                 Err(ActorError::Panicked { actor: "db_worker" })
             }
         }

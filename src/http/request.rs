@@ -54,6 +54,8 @@ pub async fn request_context(
             outcome = &mut call => outcome,
             _ = cut_off.wait_for(|reached| *reached) => {
                 span.in_scope(|| tracing::warn!(
+                    request_id = %request_id,
+                    http.method = %method,
                     "request still running at the shutdown timeout; its connection is closing"
                 ));
                 call.await
@@ -93,18 +95,25 @@ pub async fn request_context(
     }
 
     // A 503 is trouble the service recovers from; any other 5xx needs a
-    // person, so it is an error.
+    // person, so it is an error. The request span is at `info`, so at `warn`
+    // it is off: failure lines name their request in fields of their own.
     let latency_ms = elapsed * 1000.0;
     let cause = cause.as_deref().unwrap_or("none recorded");
     let _entered = span.enter();
     match status {
         503 => tracing::warn!(
+            request_id = %request_id,
+            http.method = %method,
+            http.route = route.as_str(),
             http.status = status,
             latency_ms,
             error.cause_chain = cause,
             "request failed"
         ),
         500.. => tracing::error!(
+            request_id = %request_id,
+            http.method = %method,
+            http.route = route.as_str(),
             http.status = status,
             latency_ms,
             error.cause_chain = cause,

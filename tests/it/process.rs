@@ -317,6 +317,54 @@ async fn server_error_logged_once() {
     );
 }
 
+/// At `warn` the request span is off, yet a 500's error line still names
+/// its request: id, method and route are fields of the line itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_error_at_warn_names_request() {
+    let Some(db) = TestDb::create(Backend::Sqlite) else {
+        return;
+    };
+    // The start-up module stays at `info` so that the server logs where it
+    // listens.
+    let server = Server::start(&db.url, &["--log-level", "warn,troupe::startup=info"]);
+    let mut conn = SqliteConnection::establish(&db.url.connection_string()).unwrap();
+    conn.batch_execute("ALTER TABLE live_user_counts RENAME TO counts_gone;")
+        .unwrap();
+
+    let client = reqwest::Client::new();
+    let failed = client
+        .get(server.url("/api/v1/users"))
+        .header("x-request-id", "failing-at-warn")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failed.status(), 500);
+    let healthy = client.get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(healthy.status(), 200);
+
+    server.signal("TERM");
+    let (_, events) = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap();
+
+    let failed: Vec<_> = events
+        .iter()
+        .filter(|e| e["request_id"] == "failing-at-warn")
+        .collect();
+    assert_eq!(failed.len(), 1, "one line for the 500: {failed:?}");
+    assert_eq!(failed[0]["level"], "ERROR");
+    assert_eq!(failed[0]["http.method"], "GET");
+    assert_eq!(failed[0]["http.route"], "/api/v1/users");
+    let request_lines: Vec<_> = events
+        .iter()
+        .filter(|e| e["target"] == "troupe::http::request" && e["level"] == "INFO")
+        .collect();
+    assert!(
+        request_lines.is_empty(),
+        "warn hides the lines of requests below 500: {request_lines:?}"
+    );
+}
+
 /// With a shutdown delay, SIGTERM turns readiness off at once while the
 /// server still serves requests, health checks and writes alike. After the
 /// delay it stops and exits 0.
