@@ -15,7 +15,7 @@ fn main() -> ExitCode {
     let database_url = match cli.database.url() {
         Ok(url) => url,
         Err(message) => {
-            tracing::error!("{message}");
+            report_fatal(&message);
             return ExitCode::FAILURE;
         }
     };
@@ -30,9 +30,20 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             let cause = troupe::http::problem::cause_chain(error.as_ref());
-            tracing::error!(error = %database_url.redact(&cause), "troupe failed");
+            report_fatal(&database_url.redact(&cause));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Reports the error that stops the process: as a log line when the log
+/// filter lets errors of this module through, otherwise on stderr, so that
+/// no filter hides why the process stopped.
+fn report_fatal(message: &str) {
+    if tracing::enabled!(tracing::Level::ERROR) {
+        tracing::error!(error = %message, "troupe failed");
+    } else {
+        eprintln!("troupe: {message}");
     }
 }
 

@@ -63,10 +63,7 @@ fn parse_filter(filter: &str) -> Result<Targets, String> {
                 "span and field filters are not supported".to_owned(),
             ));
         }
-        let is_path = target
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
-        if target.is_empty() || !is_path || parse_level(target).is_some() {
+        if !is_module_path(target) || parse_level(target).is_some() {
             return Err(invalid(format!(
                 "{target:?} is not a target (a module path such as troupe::actors)"
             )));
@@ -76,6 +73,22 @@ fn parse_filter(filter: &str) -> Result<Targets, String> {
         targets = targets.with_target(target, level);
     }
     Ok(targets)
+}
+
+/// Tells whether `target` is written as a module path such as
+/// `troupe::actors`: lowercase identifiers joined by `::`. Targets match
+/// by letter case, and troupe and its libraries log under their module
+/// paths, so anything else would most likely match nothing.
+fn is_module_path(target: &str) -> bool {
+    target.split("::").all(|segment| {
+        let mut chars = segment.chars();
+        let first_ok = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+        first_ok
+            && segment != "_"
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    })
 }
 
 /// Reads one of `LEVELS`, in any letter case.
@@ -120,6 +133,13 @@ mod tests {
             ("=debug", "is not a target"),
             ("info;troupe=debug", "is not a target"),
             ("troupe:debug", "is not a level"),
+            ("info,troupe:actors=debug", "is not a target"),
+            ("TROUPE=debug", "is not a target"),
+            ("info,Troupe::actors=debug", "is not a target"),
+            ("3=debug", "is not a target"),
+            ("::troupe=debug", "is not a target"),
+            ("troupe::=debug", "is not a target"),
+            ("_=debug", "is not a target"),
             ("troupe[request]=debug", "span and field filters"),
             ("troupe{id}=debug", "span and field filters"),
         ];

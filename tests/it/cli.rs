@@ -498,6 +498,57 @@ fn cli_invalid_urls_hide_password() {
     }
 }
 
+/// A log filter that leaves out troupe's own errors does not hide why the
+/// process stopped: the message then goes to stderr as plain text.
+#[test]
+fn cli_failed_start_reported_under_any_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let x_db = dir.path().join("x.db");
+    let db = x_db.to_str().unwrap();
+    for filter in ["off", "troupe::actors=debug"] {
+        let bad_url = run(troupe().args([
+            "--log-level",
+            filter,
+            "--database-url",
+            ":memory:",
+            "migrate",
+            "status",
+        ]));
+        assert!(
+            !bad_url.status.success(),
+            "{filter}: an in-memory URL fails"
+        );
+        assert!(
+            bad_url.stderr.contains("--database-url"),
+            "{filter}: the message names the setting:\n{}",
+            bad_url.stderr
+        );
+
+        let too_few = run(troupe().current_dir(dir.path()).args([
+            "--log-level",
+            filter,
+            "--database-url",
+            db,
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--db-workers",
+            "9",
+            "--db-pool-size",
+            "5",
+        ]));
+        assert!(
+            !too_few.status.success(),
+            "{filter}: more workers than connections fail"
+        );
+        assert!(
+            too_few.stderr.contains("--db-workers"),
+            "{filter}: the message names the setting:\n{}",
+            too_few.stderr
+        );
+    }
+}
+
 /// `tracing` read an unknown level such as `verbose` as a target name and
 /// logged nothing at all, errors included.
 #[test]
