@@ -114,6 +114,7 @@ mod tests {
             "off",
             "troupe=trace",
             "info, troupe::actors=debug",
+            "warn,actix_web=debug,tokio_util::codec=trace,h2=info",
         ] {
             assert!(parse_filter(filter).is_ok(), "{filter:?} is valid");
         }
