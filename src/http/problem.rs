@@ -189,7 +189,7 @@ impl ApiError {
         }
     }
 
-    /// Returns the `code` of a 503, for metrics.
+    /// Returns the `code` of a 503, for metrics and the request's log line.
     pub fn unavailable_reason(&self) -> Option<&'static str> {
         match self {
             Self::Unavailable { reason, .. } => Some(reason.code()),

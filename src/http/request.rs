@@ -107,6 +107,7 @@ pub async fn request_context(
             http.route = route.as_str(),
             http.status = status,
             latency_ms,
+            error.code = unavailable,
             error.cause_chain = cause,
             "request failed"
         ),

@@ -365,6 +365,46 @@ async fn server_error_at_warn_names_request() {
     );
 }
 
+/// A 503's warning names why the request was not served, with the code
+/// its problem body has: here the writer waited out SQLite's busy timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unavailable_logged_with_code() {
+    let Some(db) = TestDb::create(Backend::Sqlite) else {
+        return;
+    };
+    let server = Server::start(&db.url, &["--sqlite-busy-timeout-ms", "100"]);
+    let mut lock = SqliteConnection::establish(&db.url.connection_string()).unwrap();
+    lock.batch_execute("BEGIN IMMEDIATE;").unwrap();
+
+    let response = reqwest::Client::new()
+        .post(server.url("/api/v1/users"))
+        .header("x-request-id", "busy-create")
+        .json(&json!({ "name": "Busy", "email": "busy@example.com" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    lock.batch_execute("ROLLBACK;").unwrap();
+
+    server.signal("TERM");
+    let (_, events) = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap();
+
+    let failed: Vec<_> = events
+        .iter()
+        .filter(|e| e["request_id"] == "busy-create" && e["message"] == "request failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "one line for the 503: {failed:?}");
+    assert_eq!(failed[0]["level"], "WARN");
+    assert_eq!(
+        body["code"], "database_busy",
+        "the lock made the writer wait"
+    );
+    assert_eq!(failed[0]["error.code"], body["code"]);
+}
+
 /// With a shutdown delay, SIGTERM turns readiness off at once while the
 /// server still serves requests, health checks and writes alike. After the
 /// delay it stops and exits 0.
