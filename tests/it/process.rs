@@ -127,6 +127,15 @@ impl Drop for Server {
     }
 }
 
+/// Stops the server with SIGTERM and returns every log event it wrote.
+async fn stop(server: Server) -> Vec<Value> {
+    server.signal("TERM");
+    let (_, events) = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap();
+    events
+}
+
 /// Returns the events that belong to one request id.
 fn events_of<'a>(events: &'a [Value], request_id: &str) -> Vec<&'a Value> {
     events
@@ -286,10 +295,7 @@ async fn server_error_logged_once() {
         .unwrap();
     assert_eq!(missing.status(), 404);
 
-    server.signal("TERM");
-    let (_, events) = tokio::task::spawn_blocking(move || server.wait())
-        .await
-        .unwrap();
+    let events = stop(server).await;
 
     let failed: Vec<_> = events_of(&events, "failing-list")
         .into_iter()
@@ -342,10 +348,7 @@ async fn server_error_at_warn_names_request() {
     let healthy = client.get(server.url("/healthz")).send().await.unwrap();
     assert_eq!(healthy.status(), 200);
 
-    server.signal("TERM");
-    let (_, events) = tokio::task::spawn_blocking(move || server.wait())
-        .await
-        .unwrap();
+    let events = stop(server).await;
 
     let failed: Vec<_> = events
         .iter()
@@ -387,10 +390,7 @@ async fn unavailable_logged_with_code() {
     let body: Value = response.json().await.unwrap();
     lock.batch_execute("ROLLBACK;").unwrap();
 
-    server.signal("TERM");
-    let (_, events) = tokio::task::spawn_blocking(move || server.wait())
-        .await
-        .unwrap();
+    let events = stop(server).await;
 
     let failed: Vec<_> = events
         .iter()
@@ -550,10 +550,7 @@ async fn actor_logs_carry_request_id() {
         .unwrap();
     assert_eq!(created.status(), 201);
 
-    server.signal("TERM");
-    let (_, events) = tokio::task::spawn_blocking(move || server.wait())
-        .await
-        .unwrap();
+    let events = stop(server).await;
 
     let from_worker: Vec<_> = events_of(&events, "traced-create")
         .into_iter()
