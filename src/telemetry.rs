@@ -35,7 +35,7 @@ pub fn init(args: &LogArgs) -> Result<(), String> {
 const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 
 /// Parses a level, or comma-separated directives that are each a level (the
-/// default) or `target=level`; spaces around each part are ignored. Rejects
+/// default) or `target=level`. Spaces around each part are ignored. Rejects
 /// what `tracing` would read as an odd target name and then log less than
 /// asked, or nothing: `verbose`, `troupe:debug`, `troupe[request]=debug`.
 fn parse_filter(filter: &str) -> Result<Targets, String> {

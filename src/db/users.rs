@@ -126,8 +126,8 @@ pub fn list(
         // transaction: one round trip to PostgreSQL instead of four. An
         // empty page carries no total, so it takes the transaction below.
         // SQLite skips the rows before `OFFSET` without computing their
-        // select list, so the total can sit in the page's own select list
-        // there; PostgreSQL gets it from `PageWithTotal`.
+        // select list, so there the total can sit in the page's own select
+        // list. PostgreSQL gets it from `PageWithTotal`.
         let rows: Vec<(UserRow, i64)> = match conn {
             DbConn::Pg(c) => PageWithTotal {
                 page: sorted!(filtered!().select(UserRow::as_select()))
@@ -203,8 +203,8 @@ impl<GroupBy> ValidGrouping<GroupBy> for LiveUserTotal {
 ///
 /// The total is added outside the page's query because PostgreSQL computes
 /// the select list of every row it reads, including the rows `OFFSET`
-/// skips: with the total in the page's own select list, each skipped row
-/// costs a projection of all its columns. `order` restates the page's
+/// skips. With the total in the page's own select list, each skipped row
+/// would cost a projection of all its columns. `order` restates the page's
 /// order over the columns of `page`, since SQL keeps no order through a
 /// subquery.
 struct PageWithTotal<Q> {
@@ -239,8 +239,8 @@ where
 
 impl<Q, Conn> RunQueryDsl<Conn> for PageWithTotal<Q> {}
 
-/// The order `sorted!` gives a listing, over the columns of the `page`
-/// subquery of [`PageWithTotal`].
+/// Returns the order that `sorted!` gives a listing, written over the
+/// columns of the `page` subquery of [`PageWithTotal`].
 fn page_order(sort: UserSort) -> &'static str {
     match sort {
         UserSort::Id(Direction::Ascending) => "page.id",
