@@ -143,10 +143,11 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub db_pool_size: u32,
 
-    /// Database worker threads, each holding one pooled connection.
-    #[arg(long, env = "TROUPE_DB_WORKERS", default_value_t = DEFAULT_DB_WORKERS,
+    /// Database worker threads, each holding one pooled connection
+    /// (default: 4 on PostgreSQL; on SQLite one per CPU core, from 2 to 4).
+    #[arg(long, env = "TROUPE_DB_WORKERS",
           value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub db_workers: u32,
+    pub db_workers: Option<u32>,
 
     /// Milliseconds to wait for a database connection before failing.
     #[arg(long, env = "TROUPE_DB_CONNECT_TIMEOUT_MS", default_value_t = DEFAULT_DB_CONNECT_TIMEOUT_MS,
@@ -236,7 +237,7 @@ impl Default for ServeArgs {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
             db_pool_size: DEFAULT_DB_POOL_SIZE,
-            db_workers: DEFAULT_DB_WORKERS,
+            db_workers: None,
             db_connect_timeout_ms: DEFAULT_DB_CONNECT_TIMEOUT_MS,
             sqlite_busy_timeout_ms: DEFAULT_SQLITE_BUSY_TIMEOUT_MS,
             pg_statement_timeout_ms: DEFAULT_PG_STATEMENT_TIMEOUT_MS,
@@ -313,9 +314,12 @@ pub enum ConfigError {
 
 impl Settings {
     pub fn new(database_url: DatabaseUrl, serve: &ServeArgs) -> Result<Self, ConfigError> {
-        if serve.db_workers > serve.db_pool_size {
+        let db_workers = serve
+            .db_workers
+            .unwrap_or_else(|| default_db_workers(&database_url));
+        if db_workers > serve.db_pool_size {
             return Err(ConfigError::PoolSmallerThanWorkers {
-                workers: serve.db_workers,
+                workers: db_workers,
                 pool: serve.db_pool_size,
             });
         }
@@ -351,12 +355,12 @@ impl Settings {
             pool: PoolSettings {
                 max_size: serve.db_pool_size,
                 // One per worker; the spares open only for a replacement.
-                min_idle: Some(serve.db_workers),
+                min_idle: Some(db_workers),
                 connection_timeout: Duration::from_millis(serve.db_connect_timeout_ms),
                 sqlite_busy_timeout: Duration::from_millis(serve.sqlite_busy_timeout_ms),
                 pg_statement_timeout: Duration::from_millis(serve.pg_statement_timeout_ms),
             },
-            db_workers: serve.db_workers as usize,
+            db_workers: db_workers as usize,
             request_timeout: Duration::from_millis(serve.request_timeout_ms),
             queue: QueueSettings {
                 capacity: serve.db_queue_capacity as usize,
@@ -371,6 +375,24 @@ impl Settings {
             write_batch_max: serve.write_batch_max as usize,
             http_workers: serve.http_workers.map(|n| n as usize),
         })
+    }
+}
+
+/// Returns the number of database workers when `--db-workers` is not
+/// given. A PostgreSQL worker spends most of a query waiting for the
+/// server, so 4 keep several queries in flight. An SQLite worker runs its
+/// query on its own thread, so workers beyond the CPU cores only add a page
+/// cache each. SQLite gets one per core, at least 2 so that one slow
+/// listing leaves a worker for other reads, and at most 4.
+fn default_db_workers(url: &DatabaseUrl) -> u32 {
+    match url {
+        DatabaseUrl::Postgres(_) => DEFAULT_DB_WORKERS,
+        DatabaseUrl::Sqlite(_) => {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            u32::try_from(cores)
+                .unwrap_or(u32::MAX)
+                .clamp(2, DEFAULT_DB_WORKERS)
+        }
     }
 }
 
@@ -401,7 +423,7 @@ mod tests {
         let cli = parse(&["--bind", "127.0.0.1:0", "--db-workers", "2"]).expect("flags parse");
         assert!(cli.command.is_none(), "no subcommand means serve");
         assert_eq!(cli.serve.bind.port(), 0);
-        assert_eq!(cli.serve.db_workers, 2);
+        assert_eq!(cli.serve.db_workers, Some(2));
     }
 
     #[test]
@@ -498,9 +520,30 @@ mod tests {
     }
 
     #[test]
+    fn default_workers_depend_on_backend() {
+        let postgres = DatabaseUrl::Postgres("postgres://localhost/x".into());
+        let sqlite = DatabaseUrl::Sqlite("x.db".into());
+        let defaults = ServeArgs::default();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+
+        let settings = Settings::new(postgres, &defaults).expect("defaults are valid");
+        assert_eq!(settings.db_workers, 4);
+        let settings = Settings::new(sqlite.clone(), &defaults).expect("defaults are valid");
+        assert_eq!(settings.db_workers, cores.clamp(2, 4));
+        assert_eq!(settings.pool.min_idle, Some(cores.clamp(2, 4) as u32));
+
+        let chosen = ServeArgs {
+            db_workers: Some(5),
+            ..defaults
+        };
+        let settings = Settings::new(sqlite, &chosen).expect("5 workers fit the pool of 5");
+        assert_eq!(settings.db_workers, 5);
+    }
+
+    #[test]
     fn pool_must_cover_workers() {
         let serve = ServeArgs {
-            db_workers: 8,
+            db_workers: Some(8),
             db_pool_size: 4,
             ..ServeArgs::default()
         };

@@ -123,7 +123,7 @@ pub fn test_settings(url: DatabaseUrl) -> Settings {
     let serve = ServeArgs {
         bind: SocketAddr::from(([127, 0, 0, 1], 0)),
         db_pool_size: 2,
-        db_workers: 2,
+        db_workers: Some(2),
         http_workers: Some(1),
         ..ServeArgs::default()
     };
