@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use chrono::NaiveDateTime;
 use diesel::backend::Backend;
+use diesel::expression::expression_types::NotSelectable;
 use diesel::expression::{is_aggregate, AppearsOnTable, Expression, ValidGrouping};
 use diesel::prelude::*;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
@@ -100,25 +101,9 @@ pub fn list(
 
     // Orders a boxed query of users by `sort`, ties broken by id.
     macro_rules! sorted {
-        ($query:expr) => {{
-            let query = $query;
-            match sort {
-                UserSort::Id(Direction::Ascending) => query.order(users::id.asc()),
-                UserSort::Id(Direction::Descending) => query.order(users::id.desc()),
-                UserSort::Name(Direction::Ascending) => {
-                    query.order((users::name.asc(), users::id.asc()))
-                }
-                UserSort::Name(Direction::Descending) => {
-                    query.order((users::name.desc(), users::id.desc()))
-                }
-                UserSort::CreatedAt(Direction::Ascending) => {
-                    query.order((users::created_at.asc(), users::id.asc()))
-                }
-                UserSort::CreatedAt(Direction::Descending) => {
-                    query.order((users::created_at.desc(), users::id.desc()))
-                }
-            }
-        }};
+        ($query:expr) => {
+            $query.order(ListingOrder::new(sort, Rows::Users))
+        };
     }
 
     if filter.is_empty() {
@@ -133,7 +118,7 @@ pub fn list(
                 page: sorted!(filtered!().select(UserRow::as_select()))
                     .limit(page.limit())
                     .offset(page.offset()),
-                order: page_order(sort),
+                order: ListingOrder::new(sort, Rows::Page),
             }
             .load(&mut **c),
             DbConn::Sqlite(c) => sorted!(filtered!().select((UserRow::as_select(), LiveUserTotal)))
@@ -209,8 +194,11 @@ impl<GroupBy> ValidGrouping<GroupBy> for LiveUserTotal {
 /// subquery.
 struct PageWithTotal<Q> {
     page: Q,
-    order: &'static str,
+    order: ListingOrder,
 }
+
+/// The name of the page's subquery in [`PageWithTotal`].
+const PAGE: &str = "page";
 
 impl<Q: Query> Query for PageWithTotal<Q> {
     type SqlType = (Q::SqlType, BigInt);
@@ -227,28 +215,89 @@ where
     Q: QueryFragment<DB>,
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
-        out.push_sql("SELECT page.*, ");
+        out.push_sql("SELECT ");
+        out.push_identifier(PAGE)?;
+        out.push_sql(".*, ");
         LiveUserTotal.walk_ast(out.reborrow())?;
         out.push_sql(" FROM (");
         self.page.walk_ast(out.reborrow())?;
-        out.push_sql(") AS page ORDER BY ");
-        out.push_sql(self.order);
-        Ok(())
+        out.push_sql(") AS ");
+        out.push_identifier(PAGE)?;
+        out.push_sql(" ORDER BY ");
+        self.order.walk_ast(out.reborrow())
     }
 }
 
 impl<Q, Conn> RunQueryDsl<Conn> for PageWithTotal<Q> {}
 
-/// Returns the order that `sorted!` gives a listing, written over the
-/// columns of the `page` subquery of [`PageWithTotal`].
-fn page_order(sort: UserSort) -> &'static str {
-    match sort {
-        UserSort::Id(Direction::Ascending) => "page.id",
-        UserSort::Id(Direction::Descending) => "page.id DESC",
-        UserSort::Name(Direction::Ascending) => "page.name, page.id",
-        UserSort::Name(Direction::Descending) => "page.name DESC, page.id DESC",
-        UserSort::CreatedAt(Direction::Ascending) => "page.created_at, page.id",
-        UserSort::CreatedAt(Direction::Descending) => "page.created_at DESC, page.id DESC",
+/// The `ORDER BY` list of a listing: the column `sort` names, then the id
+/// in the same direction so rows with equal values keep one order. One
+/// definition serves both the page's own query and the query that
+/// [`PageWithTotal`] wraps around it, so the two orders cannot drift apart.
+#[derive(Debug, Clone, Copy)]
+struct ListingOrder {
+    sort: UserSort,
+    rows: Rows,
+}
+
+/// The relation a [`ListingOrder`] reads its columns from.
+#[derive(Debug, Clone, Copy)]
+enum Rows {
+    /// The `users` table.
+    Users,
+    /// The page's subquery in [`PageWithTotal`].
+    Page,
+}
+
+impl ListingOrder {
+    fn new(sort: UserSort, rows: Rows) -> Self {
+        Self { sort, rows }
+    }
+
+    /// Returns the column the listing is sorted by and its direction.
+    fn key(self) -> (&'static str, Direction) {
+        match self.sort {
+            UserSort::Id(direction) => (users::id::NAME, direction),
+            UserSort::Name(direction) => (users::name::NAME, direction),
+            UserSort::CreatedAt(direction) => (users::created_at::NAME, direction),
+        }
+    }
+
+    /// Writes one item of the list: the qualified column and its direction.
+    fn push_key<DB: Backend>(
+        self,
+        column: &str,
+        direction: Direction,
+        out: &mut AstPass<'_, '_, DB>,
+    ) -> QueryResult<()> {
+        match self.rows {
+            Rows::Users => users::table.walk_ast(out.reborrow())?,
+            Rows::Page => out.push_identifier(PAGE)?,
+        }
+        out.push_sql(".");
+        out.push_identifier(column)?;
+        if direction == Direction::Descending {
+            out.push_sql(" DESC");
+        }
+        Ok(())
+    }
+}
+
+impl Expression for ListingOrder {
+    type SqlType = NotSelectable;
+}
+
+impl AppearsOnTable<users::table> for ListingOrder {}
+
+impl<DB: Backend> QueryFragment<DB> for ListingOrder {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        let (column, direction) = self.key();
+        self.push_key(column, direction, &mut out)?;
+        if column != users::id::NAME {
+            out.push_sql(", ");
+            self.push_key(users::id::NAME, direction, &mut out)?;
+        }
+        Ok(())
     }
 }
 

@@ -739,10 +739,13 @@ async fn list_sorts_break_ties_by_id(backend: Backend) {
     // Lower-case ASCII names sort the same in SQLite's binary order and in
     // PostgreSQL's C and en_US collations. Repeated names need the id to
     // break ties.
+    // Every user is 30, so the filter `min_age=30` keeps them all and sorts
+    // them in the statement that filtered listings use.
     let names = ["bob", "alice", "carol", "bob", "alice", "bob"];
     let mut users = Vec::new();
     for (i, name) in names.iter().enumerate() {
-        users.push(app.create_user(name, &format!("sort{i}@example.com")).await);
+        let email = format!("sort{i}@example.com");
+        users.push(create_with(&app, &email, json!({"name": name, "age": 30})).await);
     }
     let key = |user: &Value, field: &str| user[field].as_str().expect("text").to_owned();
 
@@ -772,6 +775,12 @@ async fn list_sorts_break_ties_by_id(backend: Backend) {
     for (sort, expected) in cases {
         let page = list(&app, &format!("sort={sort}&limit=100")).await;
         assert_eq!(page_ids(&page), expected, "order of sort={sort}");
+        let filtered = list(&app, &format!("sort={sort}&limit=100&min_age=30")).await;
+        assert_eq!(
+            page_ids(&filtered),
+            expected,
+            "order of sort={sort} with a filter"
+        );
     }
     app.stop().await;
 }
