@@ -9,7 +9,7 @@ use diesel::sqlite::{Sqlite, SqliteConnection};
 use diesel::RunQueryDsl;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-use super::{DatabaseUrl, DbConn};
+use super::{with_conn, DatabaseUrl, DbConn, DbError};
 
 pub const POSTGRES: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 pub const SQLITE: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -169,4 +169,28 @@ pub fn all_applied(conn: &mut DbConn) -> Result<bool, BoxError> {
         }
     };
     Ok(!pending)
+}
+
+/// Reads no rows, but names every column that troupe maps from its tables,
+/// so a table or column that was renamed or dropped by hand fails the query
+/// even though every migration is recorded as applied.
+pub fn tables_readable(conn: &mut DbConn) -> Result<(), DbError> {
+    use super::models::{PostRow, UserRow};
+    use super::schema::{live_user_counts, posts, users};
+
+    with_conn!(conn, c => {
+        users::table
+            .select(UserRow::as_select())
+            .limit(0)
+            .load::<UserRow>(c)?;
+        posts::table
+            .select(PostRow::as_select())
+            .limit(0)
+            .load::<PostRow>(c)?;
+        live_user_counts::table
+            .select((live_user_counts::slot, live_user_counts::live))
+            .limit(0)
+            .load::<(i32, i64)>(c)?;
+        Ok(())
+    })
 }

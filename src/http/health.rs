@@ -8,8 +8,9 @@ use serde_json::json;
 
 use super::problem::{ApiError, UnavailableReason};
 use super::AppState;
-use crate::actors::queries::CheckReady;
+use crate::actors::queries::{CheckReady, Readiness};
 use crate::actors::{ActorError, Query, RequestCtx};
+use crate::db::DbError;
 
 /// Returns 200 while the process and its actors run. It never touches the
 /// database, so it stays fast when the database is slow or locked.
@@ -36,7 +37,8 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
 }
 
 /// Returns 200 when a worker reaches the database, every migration is
-/// applied and the user store runs; 503 otherwise.
+/// applied, the tables have the columns troupe reads and the user store
+/// runs; 503 otherwise.
 pub async fn readyz(state: web::Data<AppState>, ctx: RequestCtx) -> Result<HttpResponse, ApiError> {
     if state.escalation.is_triggered() {
         return Err(ApiError::Unavailable {
@@ -62,11 +64,20 @@ pub async fn readyz(state: web::Data<AppState>, ctx: RequestCtx) -> Result<HttpR
         .timeout(wait)
         .await;
     match ActorError::flatten("db_worker", delivery) {
-        Ok(true) => Ok(HttpResponse::Ok().json(json!({ "status": "ready" }))),
-        Ok(false) => Err(ApiError::Unavailable {
+        Ok(Readiness::Ready) => Ok(HttpResponse::Ok().json(json!({ "status": "ready" }))),
+        Ok(Readiness::PendingMigrations) => Err(ApiError::Unavailable {
             reason: UnavailableReason::NotReady,
             cause: Some("database has pending migrations".into()),
+        }),
+        Ok(Readiness::SchemaMismatch(error)) => Err(ApiError::Unavailable {
+            reason: UnavailableReason::NotReady,
+            cause: Some(Box::new(SchemaMismatch(error))),
         }),
         Err(error) => Err(ApiError::from(error)),
     }
 }
+
+/// The cause logged when the tables lack what troupe reads from them.
+#[derive(Debug, thiserror::Error)]
+#[error("database schema does not match the applied migrations")]
+struct SchemaMismatch(#[source] DbError);

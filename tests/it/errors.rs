@@ -1039,6 +1039,43 @@ async fn internal_error_hides_details(backend: Backend) {
     app.stop().await;
 }
 
+/// `/readyz` reads every table the service uses, so a table or column
+/// renamed by hand makes it 503 although every migration is recorded as
+/// applied, and it is 200 again once the schema is back.
+async fn readyz_checks_tables(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let ready = app.get("/readyz").send().await.unwrap();
+    assert_eq!(ready.status(), 200, "ready on a migrated database");
+
+    let changes = [
+        ("posts RENAME TO posts_moved", "posts_moved RENAME TO posts"),
+        (
+            "users RENAME COLUMN email TO mail",
+            "users RENAME COLUMN mail TO email",
+        ),
+        (
+            "live_user_counts RENAME TO counts_moved",
+            "counts_moved RENAME TO live_user_counts",
+        ),
+    ];
+    for (change, undo) in changes {
+        execute_sql(&app.db.url, &format!("ALTER TABLE {change}"));
+        let response = app.get("/readyz").send().await.unwrap();
+        let body = problem(response, 503).await;
+        assert_eq!(body["code"], "not_ready", "after {change}: {body}");
+        let text = body.to_string().to_lowercase();
+        assert!(!text.contains("posts"), "after {change}: {text}");
+        assert!(!text.contains("column"), "after {change}: {text}");
+
+        execute_sql(&app.db.url, &format!("ALTER TABLE {undo}"));
+        let ready = app.get("/readyz").send().await.unwrap();
+        assert_eq!(ready.status(), 200, "ready again after {undo}");
+    }
+    app.stop().await;
+}
+
 async fn validation_errors_reported_together(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else {
         return;
@@ -1126,5 +1163,6 @@ crate::on_both_backends!(
     request_id_invalid_replaced,
     request_id_generated_when_absent,
     internal_error_hides_details,
+    readyz_checks_tables,
     validation_errors_reported_together,
 );
