@@ -1056,6 +1056,10 @@ async fn readyz_checks_tables(backend: Backend) {
             "users RENAME COLUMN mail TO email",
         ),
         (
+            "posts RENAME COLUMN deleted_at TO removed_at",
+            "posts RENAME COLUMN removed_at TO deleted_at",
+        ),
+        (
             "live_user_counts RENAME TO counts_moved",
             "counts_moved RENAME TO live_user_counts",
         ),
