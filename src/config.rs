@@ -288,11 +288,17 @@ pub struct QueueSettings {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error(
-        "--db-workers (TROUPE_DB_WORKERS) is {workers} but --db-pool-size \
+        "--db-workers (TROUPE_DB_WORKERS) is {workers}{} but --db-pool-size \
          (TROUPE_DB_POOL_SIZE) is {pool}; each worker holds one connection, \
-         so the pool must be at least as large"
+         so the pool must be at least as large",
+        if *.defaulted { ", its default for this database and machine," } else { "" }
     )]
-    PoolSmallerThanWorkers { workers: u32, pool: u32 },
+    PoolSmallerThanWorkers {
+        workers: u32,
+        pool: u32,
+        /// Whether `workers` is the default, because the option was not given.
+        defaulted: bool,
+    },
     #[error(
         "{setting} is {value} ms but --request-timeout-ms (TROUPE_REQUEST_TIMEOUT_MS) \
          is {budget} ms; a database wait must end within the request budget, so \
@@ -321,6 +327,7 @@ impl Settings {
             return Err(ConfigError::PoolSmallerThanWorkers {
                 workers: db_workers,
                 pool: serve.db_pool_size,
+                defaulted: serve.db_workers.is_none(),
             });
         }
         // Only the wait of the configured backend applies.
@@ -553,5 +560,21 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(error.contains("TROUPE_DB_WORKERS"), "{error}");
+        assert!(!error.contains("default"), "{error}");
+
+        // The default count is named as such, since the user never gave it.
+        let serve = ServeArgs {
+            db_pool_size: 1,
+            ..ServeArgs::default()
+        };
+        let url = DatabaseUrl::Postgres("postgres://u@h/db".into());
+        let error = Settings::new(url, &serve)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            error.contains("is 4, its default for this database and machine, but"),
+            "{error}"
+        );
     }
 }

@@ -173,7 +173,13 @@ impl Application {
     /// server runs once `run` is awaited or the server is spawned.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let url = settings.database_url.clone();
-        tracing::info!(database.url = %url, database.backend = url.backend_name(), "using database");
+        tracing::info!(
+            database.url = %url,
+            database.backend = url.backend_name(),
+            database.workers = settings.db_workers,
+            database.pool_size = settings.pool.max_size,
+            "using database"
+        );
 
         let applied = web::block(move || migrations::run_pending(&url)).await??;
         if !applied.is_empty() {

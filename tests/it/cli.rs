@@ -418,6 +418,13 @@ fn cli_sqlite_log_names_absolute_path() {
         cwd.join("relative.db").exists(),
         "the database file is created in the working directory"
     );
+    for setting in ["database.workers=1", "database.pool_size=1"] {
+        assert!(
+            log.contains(setting),
+            "the log shows {setting}:
+{log}"
+        );
+    }
 }
 
 /// A PostgreSQL URL with a password, on a loopback port where nothing
