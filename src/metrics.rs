@@ -308,6 +308,8 @@ mod tests {
 
     fn metrics(dir: &tempfile::TempDir) -> Metrics {
         let url = DatabaseUrl::Sqlite(dir.path().join("metrics.db"));
+        // The pool opens only a file that exists, so migrate to create it.
+        crate::db::migrations::run_pending(&url).unwrap();
         let settings = PoolSettings {
             max_size: 1,
             min_idle: Some(1),

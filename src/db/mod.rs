@@ -68,8 +68,7 @@ impl DbConn {
         with_conn!(&mut *self, c => c.begin_write()).map_err(db_error)?;
         match f(self) {
             Ok(value) => {
-                with_conn!(&mut *self, c => AnsiTransactionManager::commit_transaction(c))
-                    .map_err(db_error)?;
+                with_conn!(&mut *self, c => c.commit_write()).map_err(db_error)?;
                 Ok(value)
             }
             Err(error) => {
@@ -85,6 +84,18 @@ impl DbConn {
 }
 
 impl DbConn {
+    /// Tells whether the SQLite file this connection opened is no longer at
+    /// its path: deleted, renamed, or replaced by another file. Such a
+    /// connection reads and writes a file that troupe will not open again,
+    /// so its writes would be lost at the next start. Always false on
+    /// PostgreSQL.
+    pub fn file_moved(&mut self) -> bool {
+        match self {
+            Self::Pg(_) => false,
+            Self::Sqlite(conn) => dialect::sqlite_file_moved(conn),
+        }
+    }
+
     /// Frees the memory this connection caches but does not need now: the
     /// unused part of SQLite's page cache, which a busy connection fills up
     /// to its limit. Returns whether there was such a cache. PostgreSQL
@@ -156,7 +167,7 @@ impl DbPool {
                     .connection_customizer(Box::new(SqliteSession {
                         busy_timeout: settings.sqlite_busy_timeout,
                     }))
-                    .build(ConnectionManager::new(url.connection_string()))?;
+                    .build(ConnectionManager::new(url.pool_connection_string()))?;
                 Ok(Self::Sqlite(pool))
             }
         }

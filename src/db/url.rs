@@ -77,6 +77,37 @@ impl DatabaseUrl {
         }
     }
 
+    /// Returns the form pool connections open: for an SQLite path, a URI
+    /// that opens the file read-write but never creates it. Migrations run
+    /// first and create the file. A connection opened after the file was
+    /// deleted then fails, where a plain path would start an empty database
+    /// without troupe's tables. A path given as a `file:` URI is kept as is.
+    pub fn pool_connection_string(&self) -> String {
+        let Self::Sqlite(path) = self else {
+            return self.connection_string();
+        };
+        let path = path.to_string_lossy();
+        if path.starts_with("file:") {
+            return path.into_owned();
+        }
+        // An absolute path follows an empty authority: `file:///tmp/a.db`.
+        let mut uri = String::from(if path.starts_with('/') {
+            "file://"
+        } else {
+            "file:"
+        });
+        for c in path.chars() {
+            match c {
+                '%' => uri.push_str("%25"),
+                '?' => uri.push_str("%3F"),
+                '#' => uri.push_str("%23"),
+                c => uri.push(c),
+            }
+        }
+        uri.push_str("?mode=rw");
+        uri
+    }
+
     /// Replaces this URL's password wherever it appears in `text`, such as
     /// in a driver error that echoes the URL.
     pub fn redact(&self, text: &str) -> String {
@@ -221,6 +252,36 @@ mod tests {
                 "the message hides the value"
             );
         }
+    }
+
+    #[test]
+    fn pool_connections_open_only_an_existing_file() {
+        use diesel::connection::SimpleConnection;
+        use diesel::{Connection, RunQueryDsl, SqliteConnection};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("odd ?#%20 name.db");
+        let url = DatabaseUrl::Sqlite(path.clone());
+        let missing = SqliteConnection::establish(&url.pool_connection_string());
+        assert!(missing.is_err(), "opened a file that does not exist");
+        assert!(!path.exists(), "the failed open created the file");
+
+        let mut first = SqliteConnection::establish(&url.connection_string()).unwrap();
+        first
+            .batch_execute("CREATE TABLE marker (id INTEGER)")
+            .unwrap();
+        let mut pooled = SqliteConnection::establish(&url.pool_connection_string()).unwrap();
+        let tables = diesel::sql_query("SELECT 1 FROM marker").execute(&mut pooled);
+        assert_eq!(tables, Ok(0), "the pool string opened another file");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+
+        let relative = DatabaseUrl::Sqlite(PathBuf::from("data/a#b.db"));
+        assert_eq!(
+            relative.pool_connection_string(),
+            "file:data/a%23b.db?mode=rw"
+        );
+        let uri = DatabaseUrl::parse("file:x.db?cache=private").unwrap();
+        assert_eq!(uri.pool_connection_string(), "file:x.db?cache=private");
     }
 
     #[test]
