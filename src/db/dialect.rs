@@ -46,6 +46,11 @@ pub trait Dialect: Connection + Sized {
     /// connection writes, instead of waiting.
     fn begin_write(&mut self) -> QueryResult<()>;
 
+    /// Commits what `begin_write` opened. On SQLite, the commit of the
+    /// outermost transaction fails when the database file is no longer at
+    /// its path, so that no write to a deleted file is acknowledged.
+    fn commit_write(&mut self) -> QueryResult<()>;
+
     /// Runs `f` between `begin_write` and a commit, or a rollback when `f`
     /// fails. Inside an open transaction, `f` runs in a savepoint, so its
     /// failure undoes only its own changes.
@@ -78,6 +83,10 @@ pub trait Dialect: Connection + Sized {
 impl Dialect for PgConnection {
     fn begin_write(&mut self) -> QueryResult<()> {
         AnsiTransactionManager::begin_transaction(self)
+    }
+
+    fn commit_write(&mut self) -> QueryResult<()> {
+        AnsiTransactionManager::commit_transaction(self)
     }
 
     fn write_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
@@ -140,7 +149,22 @@ impl Dialect for SqliteConnection {
     fn begin_write(&mut self) -> QueryResult<()> {
         match AnsiTransactionManager::begin_transaction_sql(self, "BEGIN IMMEDIATE") {
             Err(Error::AlreadyInTransaction) => AnsiTransactionManager::begin_transaction(self),
+            Ok(()) if sqlite_file_moved(self) => {
+                AnsiTransactionManager::rollback_transaction(self)?;
+                Err(file_moved_error())
+            }
             other => other,
+        }
+    }
+
+    fn commit_write(&mut self) -> QueryResult<()> {
+        AnsiTransactionManager::commit_transaction(self)?;
+        let outermost = AnsiTransactionManager::transaction_manager_status_mut(self)
+            .transaction_depth()?
+            .is_none();
+        match outermost && sqlite_file_moved(self) {
+            true => Err(file_moved_error()),
+            false => Ok(()),
         }
     }
 
@@ -155,7 +179,7 @@ impl Dialect for SqliteConnection {
         self.begin_write()?;
         match f(self) {
             Ok(value) => {
-                AnsiTransactionManager::commit_transaction(self)?;
+                self.commit_write()?;
                 Ok(value)
             }
             Err(error) => match AnsiTransactionManager::rollback_transaction(self) {
@@ -199,4 +223,39 @@ impl Dialect for SqliteConnection {
             .first(self)
             .optional()
     }
+}
+
+/// Asks SQLite whether the file `conn` opened is still the one at its path.
+/// The call fails only for a database without a file, such as an in-memory
+/// one, which troupe never opens, so a failure counts as not moved.
+pub(super) fn sqlite_file_moved(conn: &mut SqliteConnection) -> bool {
+    use libsqlite3_sys as ffi;
+
+    let mut moved: std::ffi::c_int = 0;
+    // SAFETY: the handle stays open and owned by `conn` for the call, and
+    // the file control only writes one int through the pointer given.
+    let status = unsafe {
+        conn.with_raw_connection(|db| {
+            ffi::sqlite3_file_control(
+                db,
+                c"main".as_ptr(),
+                ffi::SQLITE_FCNTL_HAS_MOVED,
+                (&raw mut moved).cast(),
+            )
+        })
+    };
+    status == ffi::SQLITE_OK && moved != 0
+}
+
+/// The error of a write on a connection whose file was moved. It counts as
+/// a lost connection, so the write is rejected with 503 and the worker
+/// drops the connection. A new connection opens whatever file is at the
+/// path then, and fails if there is none.
+fn file_moved_error() -> Error {
+    Error::DatabaseError(
+        diesel::result::DatabaseErrorKind::ClosedConnection,
+        Box::new(String::from(
+            "the SQLite database file was moved or deleted after troupe opened it",
+        )),
+    )
 }

@@ -155,23 +155,98 @@ where
     Ok(statuses)
 }
 
-/// Tells whether every embedded migration has been applied, using a pooled
-/// connection; readiness checks call this through a worker.
-// TODO: Diesel's harness creates `__diesel_schema_migrations` when it is
-// missing, so this check writes to a database whose table was renamed by
-// hand. Read the applied versions with a plain SELECT instead.
-pub fn all_applied(conn: &mut DbConn) -> Result<bool, BoxError> {
-    let pending = match conn {
-        DbConn::Pg(pooled) => {
-            let c: &mut PgConnection = pooled;
-            c.has_pending_migration(POSTGRES)?
+/// The table where Diesel records applied migrations. troupe reads it with
+/// plain queries, because Diesel's harness creates it when it is missing.
+mod recorded {
+    diesel::table! {
+        __diesel_schema_migrations (version) {
+            version -> VarChar,
         }
-        DbConn::Sqlite(pooled) => {
-            let c: &mut SqliteConnection = pooled;
-            c.has_pending_migration(SQLITE)?
+    }
+}
+
+/// Tells whether every embedded migration is recorded as applied. Readiness
+/// checks call this through a worker, on a pooled connection. It only
+/// reads, so a database without the migrations table fails the query.
+pub fn all_applied(conn: &mut DbConn) -> Result<bool, DbError> {
+    use recorded::__diesel_schema_migrations::dsl::{__diesel_schema_migrations, version};
+
+    let recorded: Vec<String> =
+        with_conn!(&mut *conn, c => __diesel_schema_migrations.select(version).load(c))?;
+    let embedded = match conn {
+        DbConn::Pg(_) => embedded_versions::<Pg>(POSTGRES),
+        DbConn::Sqlite(_) => embedded_versions::<Sqlite>(SQLITE),
+    };
+    let embedded = embedded.map_err(DbError::Unavailable)?;
+    Ok(embedded.iter().all(|embedded| recorded.contains(embedded)))
+}
+
+fn embedded_versions<DB>(source: EmbeddedMigrations) -> Result<Vec<String>, BoxError>
+where
+    DB: diesel::backend::Backend,
+    EmbeddedMigrations: MigrationSource<DB>,
+{
+    Ok(MigrationSource::<DB>::migrations(&source)?
+        .iter()
+        .map(|migration| migration.name().version().to_string())
+        .collect())
+}
+
+/// The schema objects on `users` that troupe's responses depend on: the
+/// unique index that keeps live emails unique, and the triggers that keep
+/// the live-user count of listings.
+const SQLITE_OBJECTS: &[&str] = &[
+    "users_email_live_key",
+    "users_count_insert",
+    "users_count_update",
+    "users_count_delete",
+];
+/// The same on PostgreSQL, which also counts after a `TRUNCATE`.
+const POSTGRES_OBJECTS: &[&str] = &[
+    "users_email_live_key",
+    "users_count_insert",
+    "users_count_update",
+    "users_count_delete",
+    "users_count_truncate",
+];
+
+#[derive(diesel::QueryableByName)]
+struct ObjectName {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    name: String,
+}
+
+/// Returns the names of the schema objects troupe depends on that are
+/// missing from `users`: a unique index dropped or made non-unique, a
+/// trigger dropped or, on PostgreSQL, disabled.
+pub fn missing_objects(conn: &mut DbConn) -> Result<Vec<&'static str>, DbError> {
+    let (expected, present) = match conn {
+        DbConn::Pg(c) => {
+            let present = diesel::sql_query(
+                "SELECT tgname::text AS name FROM pg_trigger \
+                 WHERE tgrelid = to_regclass('users') AND NOT tgisinternal AND tgenabled <> 'D' \
+                 UNION ALL \
+                 SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+                 WHERE i.indrelid = to_regclass('users') AND i.indisunique AND i.indisvalid",
+            )
+            .load::<ObjectName>(&mut **c)?;
+            (POSTGRES_OBJECTS, present)
+        }
+        DbConn::Sqlite(c) => {
+            let present = diesel::sql_query(
+                "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'users' \
+                 UNION ALL \
+                 SELECT name FROM pragma_index_list('users') WHERE \"unique\" = 1",
+            )
+            .load::<ObjectName>(&mut **c)?;
+            (SQLITE_OBJECTS, present)
         }
     };
-    Ok(!pending)
+    Ok(expected
+        .iter()
+        .copied()
+        .filter(|name| !present.iter().any(|object| object.name == *name))
+        .collect())
 }
 
 /// Reads no rows, but names every column that troupe maps from its tables

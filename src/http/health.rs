@@ -10,7 +10,6 @@ use super::problem::{ApiError, UnavailableReason};
 use super::AppState;
 use crate::actors::queries::{CheckReady, Readiness};
 use crate::actors::{ActorError, Query, RequestCtx};
-use crate::db::DbError;
 
 /// Returns 200 while the process and its actors run. It never touches the
 /// database, so it stays fast when the database is slow or locked.
@@ -37,8 +36,9 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
 }
 
 /// Returns 200 when a worker reaches the database, every migration is
-/// applied, the tables have the columns troupe reads and the user store
-/// runs; 503 otherwise.
+/// applied, the schema has what troupe reads and relies on, an SQLite file
+/// is still where troupe opened it, and the user store runs; 503
+/// otherwise.
 pub async fn readyz(state: web::Data<AppState>, ctx: RequestCtx) -> Result<HttpResponse, ApiError> {
     if state.escalation.is_triggered() {
         return Err(ApiError::Unavailable {
@@ -69,15 +69,18 @@ pub async fn readyz(state: web::Data<AppState>, ctx: RequestCtx) -> Result<HttpR
             reason: UnavailableReason::NotReady,
             cause: Some("database has pending migrations".into()),
         }),
-        Ok(Readiness::SchemaMismatch(error)) => Err(ApiError::Unavailable {
+        Ok(Readiness::SchemaMismatch(mismatch)) => Err(ApiError::Unavailable {
             reason: UnavailableReason::NotReady,
-            cause: Some(Box::new(SchemaMismatch(error))),
+            cause: Some(Box::new(mismatch)),
+        }),
+        Ok(Readiness::FileMoved) => Err(ApiError::Unavailable {
+            reason: UnavailableReason::NotReady,
+            cause: Some(
+                "the SQLite database file was moved or deleted after troupe opened it; \
+                 restore it or restart troupe"
+                    .into(),
+            ),
         }),
         Err(error) => Err(ApiError::from(error)),
     }
 }
-
-/// The cause logged when the tables lack what troupe reads from them.
-#[derive(Debug, thiserror::Error)]
-#[error("database schema does not match the applied migrations")]
-struct SchemaMismatch(#[source] DbError);

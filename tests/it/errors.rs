@@ -1039,45 +1039,87 @@ async fn internal_error_hides_details(backend: Backend) {
     app.stop().await;
 }
 
-/// `/readyz` reads every table the service uses, so a table or column
-/// renamed by hand makes it 503 although every migration is recorded as
-/// applied, and it is 200 again once the schema is back.
-async fn readyz_checks_tables(backend: Backend) {
+/// `/readyz` checks the schema troupe relies on beyond the recorded
+/// migrations: it is 503 after a table, a column, the unique email index or
+/// a count trigger is renamed, dropped or disabled by hand, and 200 again
+/// once the schema is back. The probe itself changes nothing.
+async fn readyz_checks_schema(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else {
         return;
     };
     let ready = app.get("/readyz").send().await.unwrap();
     assert_eq!(ready.status(), 200, "ready on a migrated database");
 
-    let changes = [
-        ("posts RENAME TO posts_moved", "posts_moved RENAME TO posts"),
+    let alter = |change: &str| format!("ALTER TABLE {change}");
+    let mut changes = vec![
         (
-            "users RENAME COLUMN email TO mail",
-            "users RENAME COLUMN mail TO email",
+            alter("posts RENAME TO posts_moved"),
+            alter("posts_moved RENAME TO posts"),
         ),
         (
-            "posts RENAME COLUMN deleted_at TO removed_at",
-            "posts RENAME COLUMN removed_at TO deleted_at",
+            alter("users RENAME COLUMN email TO mail"),
+            alter("users RENAME COLUMN mail TO email"),
         ),
         (
-            "live_user_counts RENAME TO counts_moved",
-            "counts_moved RENAME TO live_user_counts",
+            alter("posts RENAME COLUMN deleted_at TO removed_at"),
+            alter("posts RENAME COLUMN removed_at TO deleted_at"),
+        ),
+        (
+            alter("live_user_counts RENAME TO counts_moved"),
+            alter("counts_moved RENAME TO live_user_counts"),
+        ),
+        // The undo fails if the probe created the migrations table again.
+        (
+            alter("__diesel_schema_migrations RENAME TO applied_moved"),
+            alter("applied_moved RENAME TO __diesel_schema_migrations"),
+        ),
+        (
+            "DROP INDEX users_email_live_key".to_owned(),
+            "CREATE UNIQUE INDEX users_email_live_key ON users (lower(email)) \
+             WHERE deleted_at IS NULL"
+                .to_owned(),
         ),
     ];
+    match backend {
+        Backend::Postgres => changes.push((
+            alter("users DISABLE TRIGGER users_count_update"),
+            alter("users ENABLE TRIGGER users_count_update"),
+        )),
+        Backend::Sqlite => {
+            let definition = sqlite_text(
+                &app.db.url,
+                "SELECT sql AS text FROM sqlite_master WHERE name = 'users_count_delete'",
+            );
+            changes.push(("DROP TRIGGER users_count_delete".to_owned(), definition));
+        }
+    }
     for (change, undo) in changes {
-        execute_sql(&app.db.url, &format!("ALTER TABLE {change}"));
+        execute_sql(&app.db.url, &change);
         let response = app.get("/readyz").send().await.unwrap();
         let body = problem(response, 503).await;
         assert_eq!(body["code"], "not_ready", "after {change}: {body}");
         let text = body.to_string().to_lowercase();
-        assert!(!text.contains("posts"), "after {change}: {text}");
-        assert!(!text.contains("column"), "after {change}: {text}");
+        for internal in ["posts", "column", "index", "trigger", "users_"] {
+            assert!(!text.contains(internal), "after {change}: {text}");
+        }
 
-        execute_sql(&app.db.url, &format!("ALTER TABLE {undo}"));
+        execute_sql(&app.db.url, &undo);
         let ready = app.get("/readyz").send().await.unwrap();
         assert_eq!(ready.status(), 200, "ready again after {undo}");
     }
     app.stop().await;
+}
+
+/// Reads one text value, named `text`, from an SQLite database.
+fn sqlite_text(url: &DatabaseUrl, sql: &str) -> String {
+    #[derive(QueryableByName)]
+    struct Text {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        text: String,
+    }
+    let mut conn = SqliteConnection::establish(&url.connection_string()).unwrap();
+    let row: Text = diesel::sql_query(sql).get_result(&mut conn).unwrap();
+    row.text
 }
 
 async fn validation_errors_reported_together(backend: Backend) {
@@ -1167,6 +1209,6 @@ crate::on_both_backends!(
     request_id_invalid_replaced,
     request_id_generated_when_absent,
     internal_error_hides_details,
-    readyz_checks_tables,
+    readyz_checks_schema,
     validation_errors_reported_together,
 );

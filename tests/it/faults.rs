@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 use troupe::actors::{ActorError, DbQuery, InjectPanic, Query, RequestCtx};
 use troupe::config::QueueSettings;
 use troupe::db::DatabaseUrl;
-use troupe::db::{DbConn, DbError};
+use troupe::db::{DbConn, DbError, DbPool, PoolSettings};
 
 use crate::helpers::{Backend, TestApp};
 
@@ -110,6 +110,66 @@ async fn healthz_answers_while_sqlite_locked() {
         503 => assert_eq!(stored, 0, "a create answered 503 is not stored"),
         other => panic!("the blocked create answered {other}"),
     }
+    app.stop().await;
+}
+
+/// The open connections keep an SQLite file that was moved away under a
+/// running troupe, but troupe would never open it again. So while it is away,
+/// `/readyz` answers 503 and a write is rejected with 503 instead of being
+/// acknowledged into it; both recover once the file is back. A deleted file
+/// is not created again empty: writes keep failing with 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_file_moved_away_rejects_writes() {
+    let Some(app) = TestApp::spawn(Backend::Sqlite).await else {
+        return;
+    };
+    let DatabaseUrl::Sqlite(path) = app.db.url.clone() else {
+        unreachable!("an SQLite test database")
+    };
+    let create = |email: &'static str| {
+        app.post_json("/api/v1/users", &json!({ "name": "Moved", "email": email }))
+            .send()
+    };
+    assert_eq!(create("first@example.com").await.unwrap().status(), 201);
+
+    let aside = path.with_extension("aside");
+    std::fs::rename(&path, &aside).unwrap();
+    let ready = app.get("/readyz").send().await.unwrap();
+    let body = crate::helpers::problem(ready, 503).await;
+    assert_eq!(body["code"], "not_ready", "{body}");
+    assert!(
+        !body.to_string().contains(".db"),
+        "the body names the file: {body}"
+    );
+    let rejected = create("rejected@example.com").await.unwrap();
+    let body = crate::helpers::problem(rejected, 503).await;
+    assert_eq!(body["code"], "database_unavailable", "{body}");
+    assert!(
+        !body.to_string().contains(".db"),
+        "the body names the file: {body}"
+    );
+
+    std::fs::rename(&aside, &path).unwrap();
+    assert_eq!(app.get("/readyz").send().await.unwrap().status(), 200);
+    // The rejected write was not stored, so its email is still free.
+    assert_eq!(create("rejected@example.com").await.unwrap().status(), 201);
+    assert_eq!(total(&app, "users").await, 2);
+
+    std::fs::remove_file(&path).unwrap();
+    let rejected = create("gone@example.com").await.unwrap();
+    crate::helpers::problem(rejected, 503).await;
+    let rejected = create("gone-again@example.com").await.unwrap();
+    crate::helpers::problem(rejected, 503).await;
+    // A pool opens its replacement connections the same way.
+    let settings = PoolSettings {
+        connection_timeout: Duration::from_millis(300),
+        ..crate::helpers::test_settings(app.db.url.clone()).pool
+    };
+    assert!(DbPool::connect(&app.db.url, &settings).is_err());
+    assert!(
+        !path.exists(),
+        "a connection created the deleted file again"
+    );
     app.stop().await;
 }
 

@@ -7,8 +7,9 @@ pub mod users;
 use super::DbQuery;
 use crate::db::{self, DbConn, DbError};
 
-/// Checks that the database responds, every migration is applied and the
-/// tables still have the columns that troupe reads.
+/// Checks that the database responds, every migration is applied, the
+/// tables still have the columns, unique index and triggers that troupe
+/// relies on, and an SQLite file is still where troupe opened it.
 #[derive(Debug, Clone)]
 pub struct CheckReady;
 
@@ -17,10 +18,19 @@ pub struct CheckReady;
 pub enum Readiness {
     Ready,
     PendingMigrations,
-    /// Every migration is applied, but a table or column that troupe reads
-    /// is missing, as after a change to the schema by hand. Carries the
-    /// database's error.
-    SchemaMismatch(DbError),
+    /// Every migration is applied, but the schema was changed by hand since.
+    SchemaMismatch(SchemaMismatch),
+    /// The SQLite file was deleted, renamed or replaced while troupe runs.
+    FileMoved,
+}
+
+/// A difference between the schema and what the migrations made.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaMismatch {
+    #[error("a table or column that troupe reads cannot be read")]
+    Unreadable(#[source] DbError),
+    #[error("missing from users, or disabled: {}", .0.join(", "))]
+    MissingObjects(Vec<&'static str>),
 }
 
 impl DbQuery for CheckReady {
@@ -28,14 +38,30 @@ impl DbQuery for CheckReady {
     const NAME: &'static str = "migrations.check";
 
     fn run(self, conn: &mut DbConn) -> Result<Readiness, DbError> {
-        if !db::migrations::all_applied(conn).map_err(DbError::Unavailable)? {
-            return Ok(Readiness::PendingMigrations);
+        if conn.file_moved() {
+            return Ok(Readiness::FileMoved);
         }
-        match db::migrations::tables_readable(conn) {
-            Ok(()) => Ok(Readiness::Ready),
-            Err(error @ DbError::Query(_)) => Ok(Readiness::SchemaMismatch(error)),
-            Err(other) => Err(other),
+        // A query error means a table or column is missing. Any other error,
+        // such as a lost connection, comes from the database, not the schema.
+        let unreadable = |error| match error {
+            DbError::Query(_) => Ok(Readiness::SchemaMismatch(SchemaMismatch::Unreadable(error))),
+            other => Err(other),
+        };
+        match db::migrations::all_applied(conn) {
+            Ok(true) => {}
+            Ok(false) => return Ok(Readiness::PendingMigrations),
+            Err(error) => return unreadable(error),
         }
+        if let Err(error) = db::migrations::tables_readable(conn) {
+            return unreadable(error);
+        }
+        let missing = db::migrations::missing_objects(conn)?;
+        if !missing.is_empty() {
+            return Ok(Readiness::SchemaMismatch(SchemaMismatch::MissingObjects(
+                missing,
+            )));
+        }
+        Ok(Readiness::Ready)
     }
 }
 
