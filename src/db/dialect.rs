@@ -225,37 +225,57 @@ impl Dialect for SqliteConnection {
     }
 }
 
-/// Asks SQLite whether the file `conn` opened is still the one at its path.
-/// The call fails only for a database without a file, such as an in-memory
-/// one, which troupe never opens, so a failure counts as not moved.
+/// Tells whether the file `conn` opened is no longer the one at its path,
+/// or its write-ahead log is gone. SQLite checks the first. The log exists
+/// while any connection has the database open in WAL mode, which troupe
+/// always uses, so a missing log was deleted by hand, and with it the
+/// writes it held.
+///
+/// The file control fails only for a database without a file, such as an
+/// in-memory one, which troupe never opens, so a failure counts as not
+/// moved.
 pub(super) fn sqlite_file_moved(conn: &mut SqliteConnection) -> bool {
     use libsqlite3_sys as ffi;
+    use std::os::unix::ffi::OsStrExt;
 
     let mut moved: std::ffi::c_int = 0;
-    // SAFETY: the handle stays open and owned by `conn` for the call, and
-    // the file control only writes one int through the pointer given.
-    let status = unsafe {
+    // SAFETY: the handle stays open and owned by `conn` for the call. The
+    // file control only writes one int through the pointer given, and the
+    // file names SQLite returns live as long as the connection.
+    unsafe {
         conn.with_raw_connection(|db| {
-            ffi::sqlite3_file_control(
+            let status = ffi::sqlite3_file_control(
                 db,
                 c"main".as_ptr(),
                 ffi::SQLITE_FCNTL_HAS_MOVED,
                 (&raw mut moved).cast(),
-            )
+            );
+            if status == ffi::SQLITE_OK && moved != 0 {
+                return true;
+            }
+            let file = ffi::sqlite3_db_filename(db, c"main".as_ptr());
+            if file.is_null() {
+                return false;
+            }
+            let wal = ffi::sqlite3_filename_wal(file);
+            if wal.is_null() {
+                return false;
+            }
+            let wal = std::ffi::CStr::from_ptr(wal);
+            std::fs::metadata(std::ffi::OsStr::from_bytes(wal.to_bytes())).is_err()
         })
-    };
-    status == ffi::SQLITE_OK && moved != 0
+    }
 }
 
-/// The error of a write on a connection whose file was moved. It counts as
-/// a lost connection, so the write is rejected with 503 and the worker
-/// drops the connection. A new connection opens whatever file is at the
+/// Builds the error of a write on a connection whose file was moved. It
+/// counts as a lost connection, so the write is rejected with 503 and the
+/// worker drops the connection. A new connection opens whatever file is at the
 /// path then, and fails if there is none.
 fn file_moved_error() -> Error {
     Error::DatabaseError(
         diesel::result::DatabaseErrorKind::ClosedConnection,
         Box::new(String::from(
-            "the SQLite database file was moved or deleted after troupe opened it",
+            "the SQLite database file or its -wal file was moved or deleted after troupe opened it",
         )),
     )
 }

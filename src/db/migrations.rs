@@ -218,13 +218,15 @@ struct ObjectName {
 
 /// Returns the names of the schema objects troupe depends on that are
 /// missing from `users`: a unique index dropped or made non-unique, a
-/// trigger dropped or, on PostgreSQL, disabled.
+/// trigger dropped or, on PostgreSQL, disabled or set to fire only on
+/// replicas (`tgenabled` other than `O` or `A`), which troupe's sessions
+/// are not.
 pub fn missing_objects(conn: &mut DbConn) -> Result<Vec<&'static str>, DbError> {
     let (expected, present) = match conn {
         DbConn::Pg(c) => {
             let present = diesel::sql_query(
                 "SELECT tgname::text AS name FROM pg_trigger \
-                 WHERE tgrelid = to_regclass('users') AND NOT tgisinternal AND tgenabled <> 'D' \
+                 WHERE tgrelid = to_regclass('users') AND NOT tgisinternal AND tgenabled IN ('O', 'A') \
                  UNION ALL \
                  SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
                  WHERE i.indrelid = to_regclass('users') AND i.indisunique AND i.indisvalid",

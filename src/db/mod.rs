@@ -85,10 +85,9 @@ impl DbConn {
 
 impl DbConn {
     /// Tells whether the SQLite file this connection opened is no longer at
-    /// its path: deleted, renamed, or replaced by another file. Such a
-    /// connection reads and writes a file that troupe will not open again,
-    /// so its writes would be lost at the next start. Always false on
-    /// PostgreSQL.
+    /// its path (deleted, renamed, or replaced by another file) or its
+    /// write-ahead log was deleted. Such a connection's writes would be lost
+    /// at the next start. Always false on PostgreSQL.
     pub fn file_moved(&mut self) -> bool {
         match self {
             Self::Pg(_) => false,

@@ -76,8 +76,8 @@ pub async fn readyz(state: web::Data<AppState>, ctx: RequestCtx) -> Result<HttpR
         Ok(Readiness::FileMoved) => Err(ApiError::Unavailable {
             reason: UnavailableReason::NotReady,
             cause: Some(
-                "the SQLite database file was moved or deleted after troupe opened it; \
-                 restore it or restart troupe"
+                "the SQLite database file or its -wal file was moved, replaced or \
+                 deleted after troupe opened it; move that file back or restart troupe"
                     .into(),
             ),
         }),

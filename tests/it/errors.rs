@@ -1081,10 +1081,17 @@ async fn readyz_checks_schema(backend: Backend) {
         ),
     ];
     match backend {
-        Backend::Postgres => changes.push((
-            alter("users DISABLE TRIGGER users_count_update"),
-            alter("users ENABLE TRIGGER users_count_update"),
-        )),
+        Backend::Postgres => {
+            changes.push((
+                alter("users DISABLE TRIGGER users_count_update"),
+                alter("users ENABLE TRIGGER users_count_update"),
+            ));
+            // A replica trigger does not fire in troupe's sessions.
+            changes.push((
+                alter("users ENABLE REPLICA TRIGGER users_count_insert"),
+                alter("users ENABLE TRIGGER users_count_insert"),
+            ));
+        }
         Backend::Sqlite => {
             let definition = sqlite_text(
                 &app.db.url,

@@ -115,9 +115,10 @@ async fn healthz_answers_while_sqlite_locked() {
 
 /// The open connections keep an SQLite file that was moved away under a
 /// running troupe, but troupe would never open it again. So while it is away,
-/// `/readyz` answers 503 and a write is rejected with 503 instead of being
-/// acknowledged into it; both recover once the file is back. A deleted file
-/// is not created again empty: writes keep failing with 503.
+/// `/readyz` returns 503 and a write is rejected with 503 instead of being
+/// acknowledged into it. Both recover once the file is back. Deleting the
+/// write-ahead log counts the same. A deleted file is not created again
+/// empty: writes keep failing with 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_file_moved_away_rejects_writes() {
     let Some(app) = TestApp::spawn(Backend::Sqlite).await else {
@@ -154,6 +155,16 @@ async fn sqlite_file_moved_away_rejects_writes() {
     // The rejected write was not stored, so its email is still free.
     assert_eq!(create("rejected@example.com").await.unwrap().status(), 201);
     assert_eq!(total(&app, "users").await, 2);
+
+    // Deleting the write-ahead log deletes the writes it holds.
+    let mut wal = path.clone().into_os_string();
+    wal.push("-wal");
+    std::fs::remove_file(&wal).unwrap();
+    let rejected = create("no-log@example.com").await.unwrap();
+    let body = crate::helpers::problem(rejected, 503).await;
+    assert_eq!(body["code"], "database_unavailable", "{body}");
+    let ready = app.get("/readyz").send().await.unwrap();
+    crate::helpers::problem(ready, 503).await;
 
     std::fs::remove_file(&path).unwrap();
     let rejected = create("gone@example.com").await.unwrap();

@@ -20,7 +20,8 @@ pub enum Readiness {
     PendingMigrations,
     /// Every migration is applied, but the schema was changed by hand since.
     SchemaMismatch(SchemaMismatch),
-    /// The SQLite file was deleted, renamed or replaced while troupe runs.
+    /// The SQLite file was deleted, renamed or replaced while troupe runs,
+    /// or its write-ahead log was deleted.
     FileMoved,
 }
 
@@ -29,7 +30,7 @@ pub enum Readiness {
 pub enum SchemaMismatch {
     #[error("a table or column that troupe reads cannot be read")]
     Unreadable(#[source] DbError),
-    #[error("missing from users, or disabled: {}", .0.join(", "))]
+    #[error("missing, not unique or not enabled on users: {}", .0.join(", "))]
     MissingObjects(Vec<&'static str>),
 }
 
