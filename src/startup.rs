@@ -180,6 +180,14 @@ impl Application {
             database.pool_size = settings.pool.max_size,
             "using database"
         );
+        if settings.pool.max_size as usize <= settings.db_workers {
+            tracing::warn!(
+                database.workers = settings.db_workers,
+                database.pool_size = settings.pool.max_size,
+                "the database pool has no spare connection, so a stuck worker cannot be \
+                 replaced until its query returns; raise --db-pool-size above --db-workers"
+            );
+        }
 
         let applied = web::block(move || migrations::run_pending(&url)).await??;
         if !applied.is_empty() {

@@ -119,34 +119,77 @@ pub fn revert_last(url: &DatabaseUrl) -> Result<String, MigrationError> {
     reverted.map_err(MigrationError::new("reverting the last migration"))
 }
 
-/// Lists every embedded migration with whether it has been applied.
+/// Lists every embedded migration with whether it has been applied. It only
+/// reads, so an SQLite file that does not exist is an error, and a database
+/// without the migrations table has none applied.
 pub fn status(url: &DatabaseUrl) -> Result<Vec<MigrationStatus>, MigrationError> {
-    let read = MigrationError::new("reading migration status");
-    let statuses = match establish(url)? {
-        MigrationConn::Pg(mut conn) => statuses::<Pg, _>(&mut conn, POSTGRES),
-        MigrationConn::Sqlite(mut conn) => statuses::<Sqlite, _>(&mut conn, SQLITE),
+    let connect = MigrationError::new("connecting to the database");
+    let mut conn = match url {
+        DatabaseUrl::Postgres(raw) => PgConnection::establish(raw).map(MigrationConn::Pg),
+        DatabaseUrl::Sqlite(path) if !path.exists() => {
+            let missing = format!(
+                "the SQLite file {} does not exist; `troupe migrate run` creates it",
+                path.display()
+            );
+            return Err(connect(missing.into()));
+        }
+        DatabaseUrl::Sqlite(_) => {
+            SqliteConnection::establish(&url.pool_connection_string()).map(MigrationConn::Sqlite)
+        }
+    }
+    .map_err(|e| connect(Box::new(e)))?;
+
+    let applied = recorded_versions(&mut conn)
+        .map_err(|e| MigrationError::new("reading migration status")(Box::new(e)))?;
+    let statuses = match conn {
+        MigrationConn::Pg(_) => statuses::<Pg>(POSTGRES, &applied),
+        MigrationConn::Sqlite(_) => statuses::<Sqlite>(SQLITE, &applied),
     };
-    statuses.map_err(read)
+    statuses.map_err(MigrationError::new("reading migration status"))
 }
 
-fn statuses<DB, C>(
-    conn: &mut C,
+#[derive(diesel::QueryableByName)]
+struct TablePresent {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    present: bool,
+}
+
+/// Reads the versions recorded as applied, or none when the migrations
+/// table does not exist, without creating it.
+fn recorded_versions(conn: &mut MigrationConn) -> QueryResult<Vec<String>> {
+    use recorded::__diesel_schema_migrations::dsl::{__diesel_schema_migrations, version};
+
+    let table = match conn {
+        MigrationConn::Pg(c) => diesel::sql_query(
+            "SELECT to_regclass('__diesel_schema_migrations') IS NOT NULL AS present",
+        )
+        .get_result::<TablePresent>(c)?,
+        MigrationConn::Sqlite(c) => diesel::sql_query(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master \
+             WHERE type = 'table' AND name = '__diesel_schema_migrations') AS present",
+        )
+        .get_result::<TablePresent>(c)?,
+    };
+    if !table.present {
+        return Ok(Vec::new());
+    }
+    match conn {
+        MigrationConn::Pg(c) => __diesel_schema_migrations.select(version).load(c),
+        MigrationConn::Sqlite(c) => __diesel_schema_migrations.select(version).load(c),
+    }
+}
+
+fn statuses<DB>(
     source: EmbeddedMigrations,
+    applied: &[String],
 ) -> Result<Vec<MigrationStatus>, BoxError>
 where
     DB: diesel::backend::Backend,
-    C: MigrationHarness<DB>,
     EmbeddedMigrations: MigrationSource<DB>,
 {
-    let applied: Vec<String> = conn
-        .applied_migrations()?
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    let mut statuses: Vec<MigrationStatus> = MigrationSource::<DB>::migrations(&source)?
-        .iter()
-        .map(|migration| {
-            let version = migration.name().version().to_string();
+    let mut statuses: Vec<MigrationStatus> = embedded_versions::<DB>(source)?
+        .into_iter()
+        .map(|version| {
             let applied = applied.contains(&version);
             MigrationStatus { version, applied }
         })
@@ -217,10 +260,10 @@ struct ObjectName {
 }
 
 /// Returns the names of the schema objects troupe depends on that are
-/// missing from `users`: a unique index dropped or made non-unique, a
-/// trigger dropped or, on PostgreSQL, disabled or set to fire only on
-/// replicas (`tgenabled` other than `O` or `A`), which troupe's sessions
-/// are not.
+/// missing from `users`: a unique index dropped or made non-unique, or a
+/// trigger dropped. On PostgreSQL a trigger also counts as missing when it
+/// is disabled or fires only on replicas (`tgenabled` other than `O` or
+/// `A`), because troupe's sessions are not replicas.
 pub fn missing_objects(conn: &mut DbConn) -> Result<Vec<&'static str>, DbError> {
     let (expected, present) = match conn {
         DbConn::Pg(c) => {

@@ -6,7 +6,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use troupe::db::migrations;
+use diesel::{Connection, PgConnection, RunQueryDsl};
+use troupe::db::{migrations, DatabaseUrl};
 
 use crate::helpers::{stderr_lines, troupe_command as troupe, Backend, TestDb};
 
@@ -153,6 +154,35 @@ async fn migrate_commands_report_status(backend: Backend) {
     let url = db.url.connection_string();
     let migrate = |action: &str| run(troupe().args(["--database-url", &url, "migrate", action]));
 
+    // Status only reads, so it neither creates an SQLite file nor the
+    // migrations table of a new PostgreSQL database.
+    let status_before_run = migrate("status");
+    match &db.url {
+        DatabaseUrl::Sqlite(path) => {
+            assert!(
+                !status_before_run.status.success(),
+                "migrate status fails for a missing file: {}",
+                status_before_run.stdout
+            );
+            assert!(!path.exists(), "migrate status created {}", path.display());
+        }
+        DatabaseUrl::Postgres(_) => {
+            assert!(
+                status_before_run.status.success(),
+                "migrate status succeeds: {}",
+                status_before_run.stderr
+            );
+            let mut conn = PgConnection::establish(&url).unwrap();
+            let present: Vec<String> = diesel::dsl::sql::<diesel::sql_types::Text>(
+                "SELECT tablename::text FROM pg_tables \
+                 WHERE tablename = '__diesel_schema_migrations'",
+            )
+            .load(&mut conn)
+            .unwrap();
+            assert!(present.is_empty(), "migrate status created the table");
+        }
+    }
+
     let ran = migrate("run");
     let versions: Vec<String> = migrations::status(&db.url)
         .unwrap()
@@ -164,6 +194,13 @@ async fn migrate_commands_report_status(backend: Backend) {
     let status_after_revert = migrate("status");
 
     assert!(ran.status.success(), "migrate run succeeds: {}", ran.stderr);
+    if matches!(db.url, DatabaseUrl::Postgres(_)) {
+        assert_eq!(
+            lines(&status_before_run.stdout),
+            expected_status(&versions, 0),
+            "status before run prints every migration as pending"
+        );
+    }
     assert!(
         status_after_run.status.success(),
         "migrate status succeeds: {}",
@@ -419,12 +456,12 @@ fn cli_sqlite_log_names_absolute_path() {
         "the database file is created in the working directory"
     );
     for setting in ["database.workers=1", "database.pool_size=1"] {
-        assert!(
-            log.contains(setting),
-            "the log shows {setting}:
-{log}"
-        );
+        assert!(log.contains(setting), "the log shows {setting}:\n{log}");
     }
+    assert!(
+        log.contains("no spare connection"),
+        "the log warns that one connection per worker leaves none spare:\n{log}"
+    );
 }
 
 /// A PostgreSQL URL with a password, on a loopback port where nothing
