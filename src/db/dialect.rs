@@ -268,9 +268,9 @@ pub(super) fn sqlite_file_moved(conn: &mut SqliteConnection) -> bool {
 }
 
 /// Builds the error of a write on a connection whose file was moved. It
-/// counts as a lost connection, so the write is rejected with 503 and the
-/// worker drops the connection. A new connection opens whatever file is at the
-/// path then, and fails if there is none.
+/// counts as a lost connection, so the write is rejected with 503. The
+/// connection goes back to the pool still on the moved file, and its later
+/// writes fail the same way until that file is back at its path.
 fn file_moved_error() -> Error {
     Error::DatabaseError(
         diesel::result::DatabaseErrorKind::ClosedConnection,
