@@ -46,9 +46,10 @@ pub trait Dialect: Connection + Sized {
     /// connection writes, instead of waiting.
     fn begin_write(&mut self) -> QueryResult<()>;
 
-    /// Commits what `begin_write` opened. On SQLite, the commit of the
-    /// outermost transaction fails when the database file is no longer at
-    /// its path, so that no write to a deleted file is acknowledged.
+    /// Commits what `begin_write` opened. On SQLite, the outermost
+    /// transaction is rolled back instead when the database file is no
+    /// longer at its path, so that no write to a deleted file is
+    /// acknowledged.
     fn commit_write(&mut self) -> QueryResult<()>;
 
     /// Runs `f` between `begin_write` and a commit, or a rollback when `f`
@@ -149,23 +150,30 @@ impl Dialect for SqliteConnection {
     fn begin_write(&mut self) -> QueryResult<()> {
         match AnsiTransactionManager::begin_transaction_sql(self, "BEGIN IMMEDIATE") {
             Err(Error::AlreadyInTransaction) => AnsiTransactionManager::begin_transaction(self),
-            Ok(()) if sqlite_file_moved(self) => {
-                AnsiTransactionManager::rollback_transaction(self)?;
-                Err(file_moved_error())
-            }
             other => other,
         }
     }
 
     fn commit_write(&mut self) -> QueryResult<()> {
-        AnsiTransactionManager::commit_transaction(self)?;
-        let outermost = AnsiTransactionManager::transaction_manager_status_mut(self)
+        let depth = AnsiTransactionManager::transaction_manager_status_mut(self)
             .transaction_depth()?
-            .is_none();
-        match outermost && sqlite_file_moved(self) {
-            true => Err(file_moved_error()),
-            false => Ok(()),
+            .map(std::num::NonZeroU32::get);
+        if depth != Some(1) {
+            return AnsiTransactionManager::commit_transaction(self);
         }
+        // The transaction holds the write lock, so a rollback here leaves
+        // nothing behind, and the 503 that follows is true.
+        if sqlite_file_moved(self) {
+            AnsiTransactionManager::rollback_transaction(self)?;
+            return Err(file_moved_error());
+        }
+        AnsiTransactionManager::commit_transaction(self)?;
+        // Moved while the commit ran: the write is in the moved file, so
+        // the caller must neither acknowledge it nor report that nothing changed.
+        if sqlite_file_moved(self) {
+            return Err(moved_during_commit_error());
+        }
+        Ok(())
     }
 
     fn write_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
@@ -262,20 +270,34 @@ pub(super) fn sqlite_file_moved(conn: &mut SqliteConnection) -> bool {
                 return false;
             }
             let wal = std::ffi::CStr::from_ptr(wal);
-            std::fs::metadata(std::ffi::OsStr::from_bytes(wal.to_bytes())).is_err()
+            let found = std::fs::metadata(std::ffi::OsStr::from_bytes(wal.to_bytes()));
+            matches!(found, Err(error) if error.kind() == std::io::ErrorKind::NotFound)
         })
     }
 }
 
-/// Builds the error of a write on a connection whose file was moved. It
-/// counts as a lost connection, so the write is rejected with 503. The
-/// connection goes back to the pool still on the moved file, and its later
-/// writes fail the same way until that file is back at its path.
+/// Builds the error of a write rolled back because its connection's file
+/// was moved. It counts as a lost connection, so the write is rejected with
+/// 503. The connection goes back to the pool still on the moved file, and
+/// its later writes fail the same way until that file is back at its path.
 fn file_moved_error() -> Error {
     Error::DatabaseError(
         diesel::result::DatabaseErrorKind::ClosedConnection,
         Box::new(String::from(
             "the SQLite database file or its -wal file was moved or deleted after troupe opened it",
+        )),
+    )
+}
+
+/// Builds the error of a write committed while its file was being moved.
+/// It is an unexpected query error, so the request fails with 500, which
+/// does not claim that nothing changed.
+fn moved_during_commit_error() -> Error {
+    Error::DatabaseError(
+        diesel::result::DatabaseErrorKind::Unknown,
+        Box::new(String::from(
+            "the SQLite database file or its -wal file was moved or deleted while a \
+             transaction committed, so the transaction is in that file",
         )),
     )
 }

@@ -126,7 +126,9 @@ pub fn status(url: &DatabaseUrl) -> Result<Vec<MigrationStatus>, MigrationError>
     let connect = MigrationError::new("connecting to the database");
     let mut conn = match url {
         DatabaseUrl::Postgres(raw) => PgConnection::establish(raw).map(MigrationConn::Pg),
-        DatabaseUrl::Sqlite(path) if !path.exists() => {
+        DatabaseUrl::Sqlite(path)
+            if !path.to_string_lossy().starts_with("file:") && !path.exists() =>
+        {
             let missing = format!(
                 "the SQLite file {} does not exist; `troupe migrate run` creates it",
                 path.display()
@@ -138,6 +140,11 @@ pub fn status(url: &DatabaseUrl) -> Result<Vec<MigrationStatus>, MigrationError>
         }
     }
     .map_err(|e| connect(Box::new(e)))?;
+    if let MigrationConn::Sqlite(c) = &mut conn {
+        let busy_timeout = format!("PRAGMA busy_timeout = {}", SQLITE_LOCK_WAIT.as_millis());
+        c.batch_execute(&busy_timeout)
+            .map_err(|e| MigrationError::new("configuring the SQLite connection")(Box::new(e)))?;
+    }
 
     let applied = recorded_versions(&mut conn)
         .map_err(|e| MigrationError::new("reading migration status")(Box::new(e)))?;

@@ -262,7 +262,9 @@ pub(crate) fn use_wal(conn: &mut SqliteConnection, wait: Duration) -> diesel::Qu
             .get_result::<JournalMode>(conn)
             .and_then(|mode| match mode.journal_mode.eq_ignore_ascii_case("wal") {
                 true => Ok(()),
-                false => conn.batch_execute("PRAGMA journal_mode = WAL"),
+                false => diesel::sql_query("PRAGMA journal_mode = WAL")
+                    .get_result::<JournalMode>(conn)
+                    .and_then(require_wal),
             });
         match switched {
             Err(error) if is_locked(&error) && std::time::Instant::now() < deadline => {
@@ -271,6 +273,24 @@ pub(crate) fn use_wal(conn: &mut SqliteConnection, wait: Duration) -> diesel::Qu
             other => return other,
         }
     }
+}
+
+/// Fails unless SQLite switched to WAL. It keeps the old mode without an
+/// error when the VFS has no shared memory (such as `vfs=unix-none` in a
+/// `file:` URI), and troupe's checks of the `-wal` file rely on WAL.
+fn require_wal(mode: JournalMode) -> diesel::QueryResult<()> {
+    if mode.journal_mode.eq_ignore_ascii_case("wal") {
+        return Ok(());
+    }
+    let message = format!(
+        "SQLite kept journal mode {:?} instead of WAL, which troupe needs; \
+         use the default VFS",
+        mode.journal_mode
+    );
+    Err(diesel::result::Error::DatabaseError(
+        diesel::result::DatabaseErrorKind::Unknown,
+        Box::new(message),
+    ))
 }
 
 fn is_locked(error: &diesel::result::Error) -> bool {

@@ -81,14 +81,23 @@ impl DatabaseUrl {
     /// that opens the file read-write but never creates it. Migrations run
     /// first and create the file. A connection opened after the file was
     /// deleted then fails, where a plain path would start an empty database
-    /// without troupe's tables. A path given as a `file:` URI is kept as is.
+    /// without troupe's tables. A path given as a `file:` URI gets the same
+    /// `mode=rw` unless it sets a mode of its own.
     pub fn pool_connection_string(&self) -> String {
         let Self::Sqlite(path) = self else {
             return self.connection_string();
         };
         let path = path.to_string_lossy();
         if path.starts_with("file:") {
-            return path.into_owned();
+            let query = path.split_once('?').map_or("", |(_, query)| query);
+            if query
+                .split('&')
+                .any(|parameter| parameter.starts_with("mode="))
+            {
+                return path.into_owned();
+            }
+            let separator = if path.contains('?') { '&' } else { '?' };
+            return format!("{path}{separator}mode=rw");
         }
         // An absolute path follows an empty authority: `file:///tmp/a.db`.
         let mut uri = String::from(if path.starts_with('/') {
@@ -150,6 +159,9 @@ impl fmt::Display for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Postgres(url) => f.write_str(&redact_password(url)),
+            Self::Sqlite(path) if path.to_string_lossy().starts_with("file:") => {
+                write!(f, "{}", path.display())
+            }
             Self::Sqlite(path) => {
                 let absolute = std::path::absolute(path).unwrap_or_else(|_| path.clone());
                 write!(f, "sqlite://{}", absolute.display())
@@ -281,7 +293,14 @@ mod tests {
             "file:data/a%23b.db?mode=rw"
         );
         let uri = DatabaseUrl::parse("file:x.db?cache=private").unwrap();
-        assert_eq!(uri.pool_connection_string(), "file:x.db?cache=private");
+        assert_eq!(
+            uri.pool_connection_string(),
+            "file:x.db?cache=private&mode=rw"
+        );
+        let uri = DatabaseUrl::parse("file:x.db").unwrap();
+        assert_eq!(uri.pool_connection_string(), "file:x.db?mode=rw");
+        let uri = DatabaseUrl::parse("file:x.db?mode=rwc").unwrap();
+        assert_eq!(uri.pool_connection_string(), "file:x.db?mode=rwc");
     }
 
     #[test]

@@ -164,6 +164,11 @@ async fn migrate_commands_report_status(backend: Backend) {
                 "migrate status fails for a missing file: {}",
                 status_before_run.stdout
             );
+            assert!(
+                status_before_run.stderr.contains("does not exist"),
+                "migrate status names the missing file: {}",
+                status_before_run.stderr
+            );
             assert!(!path.exists(), "migrate status created {}", path.display());
         }
         DatabaseUrl::Postgres(_) => {
@@ -432,6 +437,30 @@ fn cli_postgres_log_hides_password() {
         log.contains(&with_password(&url, "***")),
         "the log shows the URL with the password as ***:\n{log}"
     );
+}
+
+/// troupe checks that the `-wal` file of an SQLite database exists, so it
+/// does not start on a VFS that cannot run in WAL mode, and a `file:` URI
+/// gets the same read-write, never-create opening as a plain path.
+#[test]
+fn cli_sqlite_uri_needs_wal_and_existing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let no_wal = format!("file:{}?vfs=unix-none", dir.path().join("a.db").display());
+    let started = run(troupe()
+        .args(["--database-url", &no_wal])
+        .args(SMALL_SERVER));
+    assert!(!started.status.success(), "started without WAL");
+    assert!(
+        started.stderr.contains("instead of WAL"),
+        "the error names the journal mode: {}",
+        started.stderr
+    );
+
+    let missing = dir.path().join("b.db");
+    let uri = format!("file:{}", missing.display());
+    let status = run(troupe().args(["--database-url", &uri, "migrate", "status"]));
+    assert!(!status.status.success(), "listed a missing database");
+    assert!(!missing.exists(), "migrate status created the file");
 }
 
 #[test]
