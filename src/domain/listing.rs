@@ -163,6 +163,14 @@ impl UserFilter {
             }
         }
         let email = email.map(|raw| raw.trim().to_lowercase());
+        // No stored email is empty, so an empty filter is a client's mistake.
+        if email.as_deref() == Some("") {
+            return Err(FieldError::new(
+                "email",
+                "too_short",
+                "email must not be empty; leave the parameter out to list every user",
+            ));
+        }
         if email
             .as_deref()
             .is_some_and(|email| email.chars().any(char::is_control))

@@ -847,6 +847,27 @@ async fn list_rejects_invalid_paging(backend: Backend) {
     app.stop().await;
 }
 
+async fn list_rejects_blank_filters(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let cases = [
+        ("email=", "email", "empty email"),
+        ("email=%20%20", "email", "email of spaces"),
+        ("min_age=", "min_age", "empty min_age"),
+        ("max_age=", "max_age", "empty max_age"),
+    ];
+
+    for (query, field, reason) in cases {
+        let response = get(&app, &format!("{USERS}?{query}")).await;
+        assert_eq!(response.status(), 400, "status: {reason}");
+        let body = problem(response, 400).await;
+        assert_eq!(body["code"], "invalid_query", "code: {reason}");
+        assert_eq!(body["errors"][0]["field"], field, "field: {reason}");
+    }
+    app.stop().await;
+}
+
 async fn list_rejects_unknown_parameter(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else {
         return;
@@ -1840,6 +1861,7 @@ crate::on_both_backends!(
     list_sorts_break_ties_by_id,
     list_filters_combine,
     list_rejects_invalid_paging,
+    list_rejects_blank_filters,
     list_rejects_unknown_parameter,
     list_rejects_repeated_parameter,
     list_link_header_rels,
