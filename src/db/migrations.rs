@@ -51,18 +51,43 @@ enum MigrationConn {
     Sqlite(SqliteConnection),
 }
 
-fn establish(url: &DatabaseUrl) -> Result<MigrationConn, MigrationError> {
+/// What a migration connection is for, which decides how it opens SQLite.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Applying or reverting: a missing file is created and switched to WAL.
+    Migrate,
+    /// Reporting: only an existing file opens, and nothing is changed.
+    Inspect,
+}
+
+fn establish(url: &DatabaseUrl, access: Access) -> Result<MigrationConn, MigrationError> {
     let connect = MigrationError::new("connecting to the database");
     match url {
         DatabaseUrl::Postgres(raw) => PgConnection::establish(raw)
             .map(MigrationConn::Pg)
             .map_err(|e| connect(Box::new(e))),
         DatabaseUrl::Sqlite(_) => {
-            let mut conn = SqliteConnection::establish(&url.connection_string())
-                .map_err(|e| connect(Box::new(e)))?;
+            let target = match access {
+                Access::Migrate => url.connection_string(),
+                Access::Inspect => {
+                    if let Some(path) = url.sqlite_file().filter(|path| !path.exists()) {
+                        let missing = format!(
+                            "the SQLite file {} does not exist; `troupe migrate run` creates it",
+                            path.display()
+                        );
+                        return Err(connect(missing.into()));
+                    }
+                    url.pool_connection_string()
+                }
+            };
+            let mut conn =
+                SqliteConnection::establish(&target).map_err(|e| connect(Box::new(e)))?;
             let busy_timeout = format!("PRAGMA busy_timeout = {}", SQLITE_LOCK_WAIT.as_millis());
             conn.batch_execute(&busy_timeout)
-                .and_then(|()| super::use_wal(&mut conn, SQLITE_LOCK_WAIT))
+                .and_then(|()| match access {
+                    Access::Migrate => super::use_wal(&mut conn, SQLITE_LOCK_WAIT),
+                    Access::Inspect => Ok(()),
+                })
                 .map_err(|e| {
                     MigrationError::new("configuring the SQLite connection")(Box::new(e))
                 })?;
@@ -93,7 +118,7 @@ fn with_pg_lock<T>(
 
 /// Applies every pending migration and returns the versions applied.
 pub fn run_pending(url: &DatabaseUrl) -> Result<Vec<String>, MigrationError> {
-    let applied = match establish(url)? {
+    let applied = match establish(url, Access::Migrate)? {
         MigrationConn::Pg(mut conn) => with_pg_lock(&mut conn, |conn| {
             let versions = conn.run_pending_migrations(POSTGRES)?;
             Ok(versions.iter().map(ToString::to_string).collect())
@@ -108,7 +133,7 @@ pub fn run_pending(url: &DatabaseUrl) -> Result<Vec<String>, MigrationError> {
 
 /// Reverts the most recently applied migration and returns its version.
 pub fn revert_last(url: &DatabaseUrl) -> Result<String, MigrationError> {
-    let reverted = match establish(url)? {
+    let reverted = match establish(url, Access::Migrate)? {
         MigrationConn::Pg(mut conn) => with_pg_lock(&mut conn, |conn| {
             Ok(conn.revert_last_migration(POSTGRES)?.to_string())
         }),
@@ -123,29 +148,7 @@ pub fn revert_last(url: &DatabaseUrl) -> Result<String, MigrationError> {
 /// reads, so an SQLite file that does not exist is an error, and a database
 /// without the migrations table has none applied.
 pub fn status(url: &DatabaseUrl) -> Result<Vec<MigrationStatus>, MigrationError> {
-    let connect = MigrationError::new("connecting to the database");
-    let mut conn = match url {
-        DatabaseUrl::Postgres(raw) => PgConnection::establish(raw).map(MigrationConn::Pg),
-        DatabaseUrl::Sqlite(path)
-            if !path.to_string_lossy().starts_with("file:") && !path.exists() =>
-        {
-            let missing = format!(
-                "the SQLite file {} does not exist; `troupe migrate run` creates it",
-                path.display()
-            );
-            return Err(connect(missing.into()));
-        }
-        DatabaseUrl::Sqlite(_) => {
-            SqliteConnection::establish(&url.pool_connection_string()).map(MigrationConn::Sqlite)
-        }
-    }
-    .map_err(|e| connect(Box::new(e)))?;
-    if let MigrationConn::Sqlite(c) = &mut conn {
-        let busy_timeout = format!("PRAGMA busy_timeout = {}", SQLITE_LOCK_WAIT.as_millis());
-        c.batch_execute(&busy_timeout)
-            .map_err(|e| MigrationError::new("configuring the SQLite connection")(Box::new(e)))?;
-    }
-
+    let mut conn = establish(url, Access::Inspect)?;
     let applied = recorded_versions(&mut conn)
         .map_err(|e| MigrationError::new("reading migration status")(Box::new(e)))?;
     let statuses = match conn {

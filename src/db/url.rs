@@ -1,5 +1,5 @@
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The database location: a PostgreSQL server or an SQLite file.
 #[derive(Clone, PartialEq, Eq)]
@@ -77,6 +77,15 @@ impl DatabaseUrl {
         }
     }
 
+    /// Returns the SQLite file's path when it was given as a plain path, and
+    /// `None` for PostgreSQL or a `file:` URI, whose path SQLite parses.
+    pub fn sqlite_file(&self) -> Option<&Path> {
+        match self {
+            Self::Sqlite(path) if !is_uri(path) => Some(path),
+            _ => None,
+        }
+    }
+
     /// Returns the form pool connections open: for an SQLite path, a URI
     /// that opens the file read-write but never creates it. Migrations run
     /// first and create the file. A connection opened after the file was
@@ -87,8 +96,9 @@ impl DatabaseUrl {
         let Self::Sqlite(path) = self else {
             return self.connection_string();
         };
+        let given_as_uri = is_uri(path);
         let path = path.to_string_lossy();
-        if path.starts_with("file:") {
+        if given_as_uri {
             let query = path.split_once('?').map_or("", |(_, query)| query);
             if query
                 .split('&')
@@ -159,7 +169,7 @@ impl fmt::Display for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Postgres(url) => f.write_str(&redact_password(url)),
-            Self::Sqlite(path) if path.to_string_lossy().starts_with("file:") => {
+            Self::Sqlite(path) if is_uri(path) => {
                 write!(f, "{}", path.display())
             }
             Self::Sqlite(path) => {
@@ -174,6 +184,11 @@ impl fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
     }
+}
+
+/// Tells whether an SQLite location is a `file:` URI rather than a path.
+fn is_uri(path: &Path) -> bool {
+    path.to_string_lossy().starts_with("file:")
 }
 
 /// Replaces the password in `scheme://user:password@host` and in a
