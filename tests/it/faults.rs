@@ -11,7 +11,7 @@ use troupe::config::QueueSettings;
 use troupe::db::DatabaseUrl;
 use troupe::db::{DbConn, DbError, DbPool, PoolSettings};
 
-use crate::helpers::{Backend, TestApp};
+use crate::helpers::{problem, Backend, TestApp};
 
 /// Concurrent creates in one burst.
 const BURST: usize = 300;
@@ -136,14 +136,14 @@ async fn sqlite_file_moved_away_rejects_writes() {
     let aside = path.with_extension("aside");
     std::fs::rename(&path, &aside).unwrap();
     let ready = app.get("/readyz").send().await.unwrap();
-    let body = crate::helpers::problem(ready, 503).await;
+    let body = problem(ready, 503).await;
     assert_eq!(body["code"], "not_ready", "{body}");
     assert!(
         !body.to_string().contains(".db"),
         "the body names the file: {body}"
     );
     let rejected = create("rejected@example.com").await.unwrap();
-    let body = crate::helpers::problem(rejected, 503).await;
+    let body = problem(rejected, 503).await;
     assert_eq!(body["code"], "database_unavailable", "{body}");
     assert!(
         !body.to_string().contains(".db"),
@@ -161,16 +161,16 @@ async fn sqlite_file_moved_away_rejects_writes() {
     wal.push("-wal");
     std::fs::remove_file(&wal).unwrap();
     let rejected = create("no-log@example.com").await.unwrap();
-    let body = crate::helpers::problem(rejected, 503).await;
+    let body = problem(rejected, 503).await;
     assert_eq!(body["code"], "database_unavailable", "{body}");
     let ready = app.get("/readyz").send().await.unwrap();
-    crate::helpers::problem(ready, 503).await;
+    problem(ready, 503).await;
 
     std::fs::remove_file(&path).unwrap();
     let rejected = create("gone@example.com").await.unwrap();
-    crate::helpers::problem(rejected, 503).await;
+    problem(rejected, 503).await;
     let rejected = create("gone-again@example.com").await.unwrap();
-    crate::helpers::problem(rejected, 503).await;
+    problem(rejected, 503).await;
     // A pool opens its replacement connections the same way.
     let settings = PoolSettings {
         connection_timeout: Duration::from_millis(300),

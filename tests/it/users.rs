@@ -837,13 +837,7 @@ async fn list_rejects_invalid_paging(backend: Backend) {
         ("page=99999999999999999999", "page", "page beyond 64 bits"),
     ];
 
-    for (query, field, reason) in cases {
-        let response = get(&app, &format!("{USERS}?{query}")).await;
-        assert_eq!(response.status(), 400, "status: {reason}");
-        let body = problem(response, 400).await;
-        assert_eq!(body["code"], "invalid_query", "code: {reason}");
-        assert_eq!(body["errors"][0]["field"], field, "field: {reason}");
-    }
+    assert_queries_rejected(&app, &cases).await;
     app.stop().await;
 }
 
@@ -858,14 +852,20 @@ async fn list_rejects_blank_filters(backend: Backend) {
         ("max_age=", "max_age", "empty max_age"),
     ];
 
+    assert_queries_rejected(&app, &cases).await;
+    app.stop().await;
+}
+
+/// Lists users with each `(query, field, reason)` case and expects a 400
+/// `invalid_query` whose first error names `field`.
+async fn assert_queries_rejected(app: &TestApp, cases: &[(&str, &str, &str)]) {
     for (query, field, reason) in cases {
-        let response = get(&app, &format!("{USERS}?{query}")).await;
+        let response = get(app, &format!("{USERS}?{query}")).await;
         assert_eq!(response.status(), 400, "status: {reason}");
         let body = problem(response, 400).await;
         assert_eq!(body["code"], "invalid_query", "code: {reason}");
-        assert_eq!(body["errors"][0]["field"], field, "field: {reason}");
+        assert_eq!(body["errors"][0]["field"], *field, "field: {reason}");
     }
-    app.stop().await;
 }
 
 async fn list_rejects_unknown_parameter(backend: Backend) {
