@@ -239,9 +239,8 @@ impl Dialect for SqliteConnection {
 /// always uses, so a missing log was deleted by hand, and with it the
 /// writes it held.
 ///
-/// The file control fails only for a database without a file, such as an
-/// in-memory one, which troupe never opens, so a failure counts as not
-/// moved.
+/// A failed file control, as for an in-memory database (which troupe never
+/// opens), counts as not moved.
 pub(super) fn sqlite_file_moved(conn: &mut SqliteConnection) -> bool {
     use libsqlite3_sys as ffi;
     use std::os::unix::ffi::OsStrExt;
