@@ -16,8 +16,8 @@ use tokio::sync::watch;
 
 use crate::actors::queries::posts;
 use crate::actors::{
-    Admission, BatchStats, CacheReplica, Escalation, MemoryReleaser, PoolStats, RestartPolicy,
-    StoreStats, UserDb, UserStore, WorkerPool, WorkerStats, WriteBatcher,
+    Admission, BatchStats, CacheReplica, Checkpoint, Escalation, MemoryReleaser, PoolStats,
+    RestartPolicy, StoreStats, UserDb, UserStore, WorkerPool, WorkerStats, WriteBatcher,
 };
 use crate::config::Settings;
 use crate::db::migrations::{self, MigrationError};
@@ -63,15 +63,31 @@ pub enum StartupError {
 #[derive(Clone)]
 pub struct StopHandle {
     server: ServerHandle,
+    writer: Addr<WorkerPool>,
     store_arbiter: ArbiterHandle,
 }
 
 impl StopHandle {
     /// Asks the server to stop; `graceful` lets in-flight requests finish.
-    /// The user store stops once the server has.
+    /// The user store stops once the server has, and the log is merged.
     pub async fn stop(&self, graceful: bool) {
         self.server.stop(graceful).await;
+        merge_log(&self.writer).await;
         self.store_arbiter.stop();
+    }
+}
+
+/// Merges SQLite's write-ahead log into the database file through the
+/// writer, after the writes queued before. The process may exit before the
+/// workers close their connections, and SQLite merges the log only when the
+/// last one closes. Merged here, the file contains every acknowledged write
+/// on its own.
+async fn merge_log(writer: &Addr<WorkerPool>) {
+    if !writer.connected() {
+        return;
+    }
+    if let Err(error) = writer.send(Checkpoint).await {
+        tracing::warn!(%error, "merging the write-ahead log at shutdown failed");
     }
 }
 
@@ -153,6 +169,8 @@ pub struct Application {
     addr: SocketAddr,
     store: Addr<UserStore>,
     db: Addr<WorkerPool>,
+    /// The pool that runs every write; the same as `db` on PostgreSQL.
+    writer: Addr<WorkerPool>,
     store_arbiter: Arbiter,
     pub worker_stats: Arc<WorkerStats>,
     pub store_stats: Arc<StoreStats>,
@@ -292,7 +310,7 @@ impl Application {
             cut_off: cut_off_notice,
             store: store.clone(),
             db: db.clone(),
-            writer,
+            writer: writer.clone(),
             post_writer,
             admission,
             metrics,
@@ -336,6 +354,7 @@ impl Application {
             addr,
             store,
             db,
+            writer,
             store_arbiter,
             worker_stats,
             store_stats,
@@ -357,6 +376,7 @@ impl Application {
     pub fn stop_handle(&self) -> StopHandle {
         StopHandle {
             server: self.server.handle(),
+            writer: self.writer.clone(),
             store_arbiter: self.store_arbiter.handle(),
         }
     }
@@ -416,6 +436,7 @@ impl Application {
 
         on_signal.abort();
         self.shutting_down.store(true, Ordering::SeqCst);
+        merge_log(&self.writer).await;
         // Every request has finished or been cut off, so nothing waits for
         // the store. Queued database work drains as the workers' last
         // senders go away, and each worker closes its connection.

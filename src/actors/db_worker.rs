@@ -99,13 +99,39 @@ impl DbWorker {
     /// Frees what the worker's connection caches and returns 1 if it did,
     /// 0 if it has no connection or one with no cache to free.
     pub(super) fn release_memory(&mut self) -> usize {
+        self.on_connection(
+            "database connection could not free its cache",
+            DbConn::release_memory,
+        )
+    }
+
+    /// Merges SQLite's write-ahead log into the database file through the
+    /// worker's connection and returns 1 if it did. A worker without a
+    /// connection does nothing rather than open one: after the file was
+    /// replaced, a new connection would read the old file's log into the
+    /// new file.
+    pub(super) fn checkpoint(&mut self) -> usize {
+        self.on_connection(
+            "merging the write-ahead log into the database failed",
+            DbConn::checkpoint,
+        )
+    }
+
+    /// Runs `task` on the worker's connection, if it has one, and returns 1
+    /// if the task did its work. A failure is logged with `failure`, and a
+    /// connection it broke is dropped.
+    fn on_connection(
+        &mut self,
+        failure: &'static str,
+        task: impl FnOnce(&mut DbConn) -> Result<bool, DbError>,
+    ) -> usize {
         let Some(conn) = &mut self.conn else {
             return 0;
         };
-        match conn.release_memory() {
-            Ok(released) => usize::from(released),
+        match task(conn) {
+            Ok(done) => usize::from(done),
             Err(error) => {
-                tracing::warn!(error = %error, "database connection could not free its cache");
+                tracing::warn!(error = %error, "{failure}");
                 if error.breaks_connection() {
                     self.conn = None;
                 }

@@ -33,7 +33,7 @@ pub use db_worker::{DbQuery, DbWorker, Query, WorkerStats};
 pub(crate) use error::panic_message;
 pub use error::ActorError;
 pub use memory::{ActivityCount, CheckQuiet, MemoryReleaser, ReleaseMemory};
-pub use pool::{Ping, PoolStats, WorkerPool};
+pub use pool::{Checkpoint, Ping, PoolStats, WorkerPool};
 pub use supervision::{Escalation, RestartDecision, RestartPolicy, RestartTracker};
 #[cfg(feature = "test-hooks")]
 pub use user_store::InjectPanic;

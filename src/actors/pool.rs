@@ -112,12 +112,50 @@ impl Handler<ReleaseMemory> for DbWorker {
 impl Handler<ReleaseMemory> for WorkerPool {
     type Result = ResponseFuture<usize>;
 
-    fn handle(&mut self, _: ReleaseMemory, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, message: ReleaseMemory, _: &mut Context<Self>) -> Self::Result {
+        self.send_to_workers(message)
+    }
+}
+
+/// Asks every worker of a pool to merge SQLite's write-ahead log into the
+/// database file through its connection. Replies with the connections
+/// that did. Sent at shutdown after the last write, it runs after the
+/// writes queued before it.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "usize")]
+pub struct Checkpoint;
+
+impl Handler<Checkpoint> for DbWorker {
+    type Result = usize;
+
+    fn handle(&mut self, _: Checkpoint, _: &mut SyncContext<Self>) -> usize {
+        self.checkpoint()
+    }
+}
+
+/// Sends the request to every worker that is not stuck, like
+/// `ReleaseMemory`.
+impl Handler<Checkpoint> for WorkerPool {
+    type Result = ResponseFuture<usize>;
+
+    fn handle(&mut self, message: Checkpoint, _: &mut Context<Self>) -> Self::Result {
+        self.send_to_workers(message)
+    }
+}
+
+impl WorkerPool {
+    /// Sends `message` to every worker that is not stuck, because a stuck
+    /// one would not reply, and adds up the replies.
+    fn send_to_workers<M>(&self, message: M) -> ResponseFuture<usize>
+    where
+        M: Message<Result = usize> + Clone + Send + 'static,
+        DbWorker: Handler<M>,
+    {
         let replies: Vec<_> = self
             .workers
             .iter()
             .filter(|worker| !worker.stuck)
-            .map(|worker| worker.addr.send(ReleaseMemory))
+            .map(|worker| worker.addr.send(message.clone()))
             .collect();
         Box::pin(async move { join_all(replies).await.into_iter().flatten().sum() })
     }

@@ -109,6 +109,19 @@ impl DbConn {
         }
     }
 
+    /// Copies every write in SQLite's write-ahead log into the database file
+    /// and empties the log, so the file holds them on its own. Returns
+    /// whether there was a log. PostgreSQL has none of its own to merge.
+    pub fn checkpoint(&mut self) -> Result<bool, DbError> {
+        match self {
+            Self::Pg(_) => Ok(false),
+            Self::Sqlite(conn) => {
+                conn.batch_execute("PRAGMA wal_checkpoint(TRUNCATE)")?;
+                Ok(true)
+            }
+        }
+    }
+
     /// Brings the live-user count up to date at start. On PostgreSQL it
     /// folds the rows of ended sessions into one, because every session that
     /// writes users adds a row of its own. On SQLite it counts the users

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
-use diesel::{Connection, SqliteConnection};
+use diesel::{Connection, RunQueryDsl, SqliteConnection};
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 use troupe::actors::{ActorError, DbQuery, InjectPanic, Query, RequestCtx};
@@ -11,7 +11,7 @@ use troupe::config::QueueSettings;
 use troupe::db::DatabaseUrl;
 use troupe::db::{DbConn, DbError, DbPool, PoolSettings};
 
-use crate::helpers::{problem, Backend, TestApp};
+use crate::helpers::{problem, test_settings, Backend, TestApp, TestDb};
 
 /// Concurrent creates in one burst.
 const BURST: usize = 300;
@@ -182,6 +182,45 @@ async fn sqlite_file_moved_away_rejects_writes() {
         "a connection created the deleted file again"
     );
     app.stop().await;
+}
+
+/// troupe merges SQLite's write-ahead log into the database file when it
+/// stops, so the file alone contains every acknowledged write: a copy of it
+/// is a whole backup. That includes writes whose log was deleted while
+/// troupe ran, because its connections still have the log open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_stop_merges_log_into_file() {
+    for delete_log in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("troupe.db");
+        let Some(db) = TestDb::create(Backend::Sqlite) else {
+            return;
+        };
+        let app = TestApp::start(test_settings(DatabaseUrl::Sqlite(path.clone())), db);
+        for n in 0..3 {
+            let body = json!({ "name": "Kept", "email": format!("kept{n}@example.com") });
+            let created = app.post_json("/api/v1/users", &body).send().await.unwrap();
+            assert_eq!(created.status(), 201);
+        }
+        if delete_log {
+            let mut wal = path.clone().into_os_string();
+            wal.push("-wal");
+            std::fs::remove_file(&wal).unwrap();
+        }
+        app.stop().await;
+
+        let copy = dir.path().join("copy.db");
+        std::fs::copy(&path, &copy).unwrap();
+        let mut conn = SqliteConnection::establish(&copy.to_string_lossy()).unwrap();
+        let users: i64 =
+            diesel::dsl::sql::<diesel::sql_types::BigInt>("SELECT count(*) FROM users")
+                .get_result(&mut conn)
+                .unwrap();
+        assert_eq!(
+            users, 3,
+            "users in the file alone, log deleted: {delete_log}"
+        );
+    }
 }
 
 crate::on_both_backends!(
