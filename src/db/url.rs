@@ -24,6 +24,11 @@ pub enum InvalidDatabaseUrl {
     )]
     UnsupportedScheme(String),
     #[error(
+        "DATABASE_URL opens SQLite read-only (mode=ro or immutable=1), but troupe \
+         writes to the database; remove that parameter"
+    )]
+    ReadOnly,
+    #[error(
         "DATABASE_URL looks like a libpq key=value string, which troupe does not read; \
          use a postgres:// URL"
     )]
@@ -66,6 +71,11 @@ impl DatabaseUrl {
         if in_memory {
             return Err(InvalidDatabaseUrl::InMemory);
         }
+        let read_only = uri_parameters(path)
+            .any(|parameter| parameter == "mode=ro" || parameter == "immutable=1");
+        if read_only {
+            return Err(InvalidDatabaseUrl::ReadOnly);
+        }
         Ok(Self::Sqlite(PathBuf::from(path)))
     }
 
@@ -99,11 +109,7 @@ impl DatabaseUrl {
         let given_as_uri = is_uri(path);
         let path = path.to_string_lossy();
         if given_as_uri {
-            let query = path.split_once('?').map_or("", |(_, query)| query);
-            if query
-                .split('&')
-                .any(|parameter| parameter.starts_with("mode="))
-            {
+            if uri_parameters(&path).any(|parameter| parameter.starts_with("mode=")) {
                 return path.into_owned();
             }
             let separator = if path.contains('?') { '&' } else { '?' };
@@ -186,6 +192,13 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
+/// Returns the `key=value` parameters of an SQLite URI's query.
+fn uri_parameters(uri: &str) -> impl Iterator<Item = &str> {
+    uri.split_once('?')
+        .map_or("", |(_, query)| query)
+        .split('&')
+}
+
 /// Tells whether an SQLite location is a `file:` URI rather than a path.
 fn is_uri(path: &Path) -> bool {
     path.to_string_lossy().starts_with("file:")
@@ -257,6 +270,21 @@ mod tests {
             );
         }
         assert_eq!(DatabaseUrl::parse("  "), Err(InvalidDatabaseUrl::Empty));
+    }
+
+    #[test]
+    fn url_rejects_read_only_sqlite() {
+        for raw in [
+            "file:x.db?mode=ro",
+            "file:/tmp/x.db?cache=private&immutable=1",
+        ] {
+            assert_eq!(
+                DatabaseUrl::parse(raw),
+                Err(InvalidDatabaseUrl::ReadOnly),
+                "{raw}"
+            );
+        }
+        assert!(DatabaseUrl::parse("file:x.db?mode=rw").is_ok());
     }
 
     #[test]
