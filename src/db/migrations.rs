@@ -54,8 +54,10 @@ enum MigrationConn {
 /// What a migration connection is for, which decides how it opens SQLite.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Access {
-    /// Applying or reverting: a missing file is created and switched to WAL.
-    Migrate,
+    /// Applying: a missing file is created, and the file switched to WAL.
+    Apply,
+    /// Reverting: only an existing file opens, and it is switched to WAL.
+    Revert,
     /// Reporting: only an existing file opens, and nothing is changed.
     Inspect,
 }
@@ -68,8 +70,8 @@ fn establish(url: &DatabaseUrl, access: Access) -> Result<MigrationConn, Migrati
             .map_err(|e| connect(Box::new(e))),
         DatabaseUrl::Sqlite(_) => {
             let target = match access {
-                Access::Migrate => url.connection_string(),
-                Access::Inspect => {
+                Access::Apply => url.connection_string(),
+                Access::Revert | Access::Inspect => {
                     if let Some(path) = url.sqlite_file().filter(|path| !path.exists()) {
                         let missing = format!(
                             "the SQLite file {} does not exist; `troupe migrate run` creates it",
@@ -85,7 +87,7 @@ fn establish(url: &DatabaseUrl, access: Access) -> Result<MigrationConn, Migrati
             let busy_timeout = format!("PRAGMA busy_timeout = {}", SQLITE_LOCK_WAIT.as_millis());
             conn.batch_execute(&busy_timeout)
                 .and_then(|()| match access {
-                    Access::Migrate => super::use_wal(&mut conn, SQLITE_LOCK_WAIT),
+                    Access::Apply | Access::Revert => super::use_wal(&mut conn, SQLITE_LOCK_WAIT),
                     Access::Inspect => Ok(()),
                 })
                 .map_err(|e| {
@@ -118,7 +120,7 @@ fn with_pg_lock<T>(
 
 /// Applies every pending migration and returns the versions applied.
 pub fn run_pending(url: &DatabaseUrl) -> Result<Vec<String>, MigrationError> {
-    let applied = match establish(url, Access::Migrate)? {
+    let applied = match establish(url, Access::Apply)? {
         MigrationConn::Pg(mut conn) => with_pg_lock(&mut conn, |conn| {
             let versions = conn.run_pending_migrations(POSTGRES)?;
             Ok(versions.iter().map(ToString::to_string).collect())
@@ -133,7 +135,7 @@ pub fn run_pending(url: &DatabaseUrl) -> Result<Vec<String>, MigrationError> {
 
 /// Reverts the most recently applied migration and returns its version.
 pub fn revert_last(url: &DatabaseUrl) -> Result<String, MigrationError> {
-    let reverted = match establish(url, Access::Migrate)? {
+    let reverted = match establish(url, Access::Revert)? {
         MigrationConn::Pg(mut conn) => with_pg_lock(&mut conn, |conn| {
             Ok(conn.revert_last_migration(POSTGRES)?.to_string())
         }),

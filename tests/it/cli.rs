@@ -170,6 +170,9 @@ async fn migrate_commands_report_status(backend: Backend) {
                 status_before_run.stderr
             );
             assert!(!path.exists(), "migrate status created {}", path.display());
+            let reverted = migrate("revert");
+            assert!(!reverted.status.success(), "migrate revert without a file");
+            assert!(!path.exists(), "migrate revert created {}", path.display());
         }
         DatabaseUrl::Postgres(_) => {
             assert!(
