@@ -1,4 +1,4 @@
-//! Start-up: migrate, connect, start the actors, bind and serve. Tests use
+//! Start-up: bind, migrate, connect, start the actors and serve. Tests use
 //! the same path with port 0.
 
 use std::net::{SocketAddr, TcpListener};
@@ -187,7 +187,7 @@ pub struct Application {
 }
 
 impl Application {
-    /// Migrates the database, starts the actors and binds the listener. The
+    /// Binds the listener, migrates the database and starts the actors. The
     /// server runs once `run` is awaited or the server is spawned.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let url = settings.database_url.clone();
@@ -206,6 +206,18 @@ impl Application {
                  replaced until its query returns; raise --db-pool-size above --db-workers"
             );
         }
+
+        // Bind first: a busy port then fails the start before it creates or
+        // migrates a database. Connections that arrive meanwhile wait in the
+        // listen backlog until the server runs.
+        let listener = TcpListener::bind(settings.bind).map_err(|source| StartupError::Bind {
+            addr: settings.bind,
+            source,
+        })?;
+        let addr = listener.local_addr().map_err(|source| StartupError::Bind {
+            addr: settings.bind,
+            source,
+        })?;
 
         let applied = web::block(move || migrations::run_pending(&url)).await??;
         if !applied.is_empty() {
@@ -270,15 +282,6 @@ impl Application {
             Arc::clone(&post_writes),
         );
         let post_writer = Actor::start_in_arbiter(&store_arbiter.handle(), move |_| post_writer);
-
-        let listener = TcpListener::bind(settings.bind).map_err(|source| StartupError::Bind {
-            addr: settings.bind,
-            source,
-        })?;
-        let addr = listener.local_addr().map_err(|source| StartupError::Bind {
-            addr: settings.bind,
-            source,
-        })?;
 
         let metrics = Arc::new(Metrics::new(Sources {
             pool: pool.clone(),

@@ -466,6 +466,32 @@ fn cli_sqlite_uri_needs_wal_and_existing_file() {
     assert!(!missing.exists(), "migrate status created the file");
 }
 
+/// A port already in use fails the start before troupe creates or migrates
+/// the database, so nothing is left behind.
+#[test]
+fn cli_busy_port_fails_before_database() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("never.db");
+
+    let started = run(troupe().args([
+        "--database-url",
+        path.to_str().unwrap(),
+        "serve",
+        "--bind",
+        &addr,
+    ]));
+
+    assert!(!started.status.success(), "started on a busy port");
+    assert!(
+        started.stderr.contains(&format!("binding {addr} failed")),
+        "the error names the address: {}",
+        started.stderr
+    );
+    assert!(!path.exists(), "the failed start created the database file");
+}
+
 #[test]
 fn cli_sqlite_log_names_absolute_path() {
     let dir = tempfile::tempdir().unwrap();
