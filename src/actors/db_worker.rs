@@ -244,7 +244,7 @@ impl<Q: DbQuery + Clone> Handler<Batch<Q>> for DbWorker {
                 Ok(results.into_iter().flatten().collect())
             }
             Ok(Err(error)) => {
-                tracing::warn!(db.op = Q::NAME, size, error = %error, "batch rolled back");
+                tracing::warn!(db.op = Q::NAME, size, error = %error, "batch failed");
                 if error.breaks_connection() {
                     self.conn = None;
                 }
