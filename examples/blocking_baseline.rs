@@ -4,13 +4,20 @@
 //! cache. `bench/run` compares troupe against it.
 //!
 //! Environment: `DATABASE_URL` (as for troupe), `BIND` (default
-//! `127.0.0.1:8082`) and `DB_POOL_SIZE` (default 4, troupe's default). It
-//! runs one HTTP worker per core and applies troupe's migrations at start.
+//! `127.0.0.1:8082`), `DB_POOL_SIZE` (default 4, troupe's default) and
+//! `INLINE`. It runs one HTTP worker per core and applies troupe's
+//! migrations at start.
+//!
+//! With `INLINE=1`, each HTTP worker keeps one connection and runs every
+//! query on its own thread. A query then blocks every other request of
+//! that worker, so no real server should do it, but no read crosses a
+//! thread: it shows what one query per read costs without any hop.
 //!
 //! Routes: `GET /healthz`, `GET /api/v1/users/{id}`,
 //! `GET /api/v1/users?page=&limit=`, `POST /api/v1/users` and
 //! `POST /api/v1/users/{id}/posts`.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::thread::available_parallelism;
 use std::time::Duration;
@@ -142,13 +149,36 @@ impl ResponseError for ApiError {
     }
 }
 
-/// Runs `f` on a pooled connection on actix-web's blocking thread pool.
-async fn with_conn<T, F>(pool: &DbPool, f: F) -> Result<T, ApiError>
+/// The pool, and whether queries run on the HTTP worker's thread.
+struct Database {
+    pool: DbPool,
+    inline: bool,
+}
+
+thread_local! {
+    /// The connection an HTTP worker keeps in inline mode.
+    static WORKER_CONN: RefCell<Option<db::DbConn>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` on a pooled connection on actix-web's blocking thread pool, or
+/// in inline mode on this thread's own connection.
+async fn with_conn<T, F>(database: &Database, f: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: FnOnce(&mut db::DbConn) -> Result<T, DbError> + Send + 'static,
 {
-    let pool = pool.clone();
+    if database.inline {
+        return WORKER_CONN
+            .with_borrow_mut(|slot| {
+                let conn = match slot {
+                    Some(conn) => conn,
+                    None => slot.insert(database.pool.get()?),
+                };
+                f(conn)
+            })
+            .map_err(ApiError::Db);
+    }
+    let pool = database.pool.clone();
     web::block(move || f(&mut pool.get()?))
         .await
         .map_err(|_| ApiError::Blocking)?
@@ -168,22 +198,22 @@ fn now() -> chrono::NaiveDateTime {
 }
 
 async fn get_user(
-    pool: web::Data<DbPool>,
+    database: web::Data<Database>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = user_id(&path)?;
-    let user = with_conn(&pool, move |c| db::users::find(c, id)).await?;
+    let user = with_conn(&database, move |c| db::users::find(c, id)).await?;
     Ok(HttpResponse::Ok().json(UserDto::from(user)))
 }
 
 async fn list_users(
-    pool: web::Data<DbPool>,
+    database: web::Data<Database>,
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let paging = PageRequest::parse(query.page.as_deref(), query.limit.as_deref())
         .map_err(|e| ApiError::BadRequest(e.message))?;
     let sort = UserSort::Id(Direction::Ascending);
-    let page = with_conn(&pool, move |c| {
+    let page = with_conn(&database, move |c| {
         db::users::list(c, &UserFilter::default(), sort, paging)
     })
     .await?;
@@ -196,7 +226,7 @@ async fn list_users(
 }
 
 async fn create_user(
-    pool: web::Data<DbPool>,
+    database: web::Data<Database>,
     body: web::Json<NewUserDto>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -209,7 +239,7 @@ async fn create_user(
         fields,
         posts: Vec::new(),
     };
-    let created = with_conn(&pool, move |c| db::users::insert(c, &new, now())).await?;
+    let created = with_conn(&database, move |c| db::users::insert(c, &new, now())).await?;
     let user = UserDto::from(created.user);
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/api/v1/users/{}", user.id)))
@@ -217,7 +247,7 @@ async fn create_user(
 }
 
 async fn create_post(
-    pool: web::Data<DbPool>,
+    database: web::Data<Database>,
     path: web::Path<String>,
     body: web::Json<NewPostDto>,
 ) -> Result<HttpResponse, ApiError> {
@@ -227,7 +257,7 @@ async fn create_post(
         content: PostContent::parse(&body.content).map_err(invalid)?,
     };
     let post =
-        PostDto::from(with_conn(&pool, move |c| db::posts::insert(c, id, &post, now())).await?);
+        PostDto::from(with_conn(&database, move |c| db::posts::insert(c, id, &post, now())).await?);
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/api/v1/posts/{}", post.id)))
         .json(post))
@@ -251,12 +281,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         sqlite_busy_timeout: Duration::from_secs(5),
         pg_statement_timeout: Duration::from_secs(5),
     };
-    let pool = web::Data::new(DbPool::connect(&url, &settings)?);
+    let database = web::Data::new(Database {
+        pool: DbPool::connect(&url, &settings)?,
+        inline: std::env::var("INLINE").is_ok_and(|value| value == "1"),
+    });
     let workers = available_parallelism().map_or(1, |n| n.get());
 
     HttpServer::new(move || {
         App::new()
-            .app_data(pool.clone())
+            .app_data(database.clone())
             .route("/healthz", web::get().to(HttpResponse::Ok))
             .service(
                 web::scope("/api/v1")
