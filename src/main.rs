@@ -71,7 +71,11 @@ fn migrate(url: &troupe::db::DatabaseUrl, action: MigrateAction) -> Result<(), B
         }
         MigrateAction::Status => {
             for status in migrations::status(url)? {
-                let state = if status.applied { "applied" } else { "pending" };
+                let state = match (status.applied, status.embedded) {
+                    (_, false) => "unknown",
+                    (true, true) => "applied",
+                    (false, true) => "pending",
+                };
                 println!("{state}\t{}", status.version);
             }
         }

@@ -20,7 +20,7 @@ use crate::actors::{
     RestartPolicy, StoreStats, UserDb, UserStore, WorkerPool, WorkerStats, WriteBatcher,
 };
 use crate::config::Settings;
-use crate::db::migrations::{self, MigrationError};
+use crate::db::migrations::{self, MigrationError, MigrationStatus};
 use crate::db::{DatabaseUrl, DbPool, PoolSettings};
 use crate::http::{self, AppState};
 use crate::metrics::{self, Metrics, Sources};
@@ -131,6 +131,34 @@ async fn start_writer(
 /// and make both smaller. PostgreSQL runs batches side by side: two in
 /// flight carried about a third more creates than one in `bench/run`. The
 /// other half of the workers stays free for reads.
+/// Warns when the database records migrations that this binary does not
+/// contain, as after a newer troupe migrated it. troupe still starts, so
+/// that an older instance keeps serving during a rolling update.
+fn warn_unknown_migrations(statuses: Result<Vec<MigrationStatus>, MigrationError>) {
+    match statuses {
+        Ok(statuses) => {
+            let unknown: Vec<String> = statuses
+                .into_iter()
+                .filter(|status| !status.embedded)
+                .map(|status| status.version)
+                .collect();
+            if !unknown.is_empty() {
+                tracing::warn!(
+                    migrations = ?unknown,
+                    "the database has migrations that this troupe does not contain, likely \
+                     applied by a newer version; run that version, or check that this one \
+                     works with the newer schema"
+                );
+            }
+        }
+        Err(error) => tracing::warn!(
+            error = %error,
+            "reading the applied migrations failed, so migrations unknown to this troupe \
+             were not checked"
+        ),
+    }
+}
+
 fn batches_in_flight(settings: &Settings) -> usize {
     match settings.database_url {
         DatabaseUrl::Sqlite(_) => 1,
@@ -223,6 +251,8 @@ impl Application {
         if !applied.is_empty() {
             tracing::info!(migrations = ?applied, "applied migrations");
         }
+        let url = settings.database_url.clone();
+        warn_unknown_migrations(web::block(move || migrations::status(&url)).await?);
 
         let url = settings.database_url.clone();
         let pool_settings = settings.pool.clone();

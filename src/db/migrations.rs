@@ -38,11 +38,15 @@ impl MigrationError {
     }
 }
 
-/// Whether one migration has been applied.
+/// The state of one migration: whether it was applied, and whether this
+/// binary embeds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrationStatus {
     pub version: String,
     pub applied: bool,
+    /// False for a version recorded as applied that this binary does not
+    /// embed, as after a newer troupe migrated the database.
+    pub embedded: bool,
 }
 
 /// A connection used only for migrations, outside the pool.
@@ -146,8 +150,9 @@ pub fn revert_last(url: &DatabaseUrl) -> Result<String, MigrationError> {
     reverted.map_err(MigrationError::new("reverting the last migration"))
 }
 
-/// Lists every embedded migration with whether it has been applied. It only
-/// reads, so an SQLite file that does not exist is an error, and a database
+/// Lists every embedded migration with whether it has been applied, and
+/// every version recorded as applied that this binary does not embed. It
+/// only reads, so an SQLite file that does not exist is an error, and a database
 /// without the migrations table has none applied.
 pub fn status(url: &DatabaseUrl) -> Result<Vec<MigrationStatus>, MigrationError> {
     let mut conn = establish(url, Access::Inspect)?;
@@ -199,12 +204,27 @@ where
     DB: diesel::backend::Backend,
     EmbeddedMigrations: MigrationSource<DB>,
 {
-    let mut statuses: Vec<MigrationStatus> = embedded_versions::<DB>(source)?
+    let embedded = embedded_versions::<DB>(source)?;
+    let unknown: Vec<MigrationStatus> = applied
+        .iter()
+        .filter(|version| !embedded.contains(version))
+        .map(|version| MigrationStatus {
+            version: version.clone(),
+            applied: true,
+            embedded: false,
+        })
+        .collect();
+    let mut statuses: Vec<MigrationStatus> = embedded
         .into_iter()
         .map(|version| {
             let applied = applied.contains(&version);
-            MigrationStatus { version, applied }
+            MigrationStatus {
+                version,
+                applied,
+                embedded: true,
+            }
         })
+        .chain(unknown)
         .collect();
     statuses.sort_by(|a, b| a.version.cmp(&b.version));
     Ok(statuses)

@@ -7,11 +7,14 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use diesel::{Connection, PgConnection, RunQueryDsl};
-use troupe::db::{migrations, DatabaseUrl};
+use troupe::db::{migrations, DatabaseUrl, DbConn, DbPool};
 
-use crate::helpers::{stderr_lines, troupe_command as troupe, Backend, TestDb};
+use crate::helpers::{stderr_lines, test_settings, troupe_command as troupe, Backend, TestDb};
 
-crate::on_both_backends!(migrate_commands_report_status);
+crate::on_both_backends!(
+    migrate_commands_report_status,
+    unknown_migration_reported_not_fatal
+);
 
 /// How long one run of the binary may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -228,6 +231,54 @@ async fn migrate_commands_report_status(backend: Backend) {
         lines(&status_after_revert.stdout),
         expected_status(&versions, versions.len() - 1),
         "status after revert prints the newest migration as pending"
+    );
+}
+
+/// Records `version` as applied in Diesel's migrations table, as a newer
+/// troupe with one more migration would.
+fn record_migration(url: &DatabaseUrl, version: &str) {
+    let pool = DbPool::connect(url, &test_settings(url.clone()).pool).unwrap();
+    let insert = format!("INSERT INTO __diesel_schema_migrations (version) VALUES ('{version}')");
+    let inserted = match &mut pool.get().unwrap() {
+        DbConn::Pg(conn) => diesel::sql_query(&insert).execute(&mut **conn),
+        DbConn::Sqlite(conn) => diesel::sql_query(&insert).execute(&mut **conn),
+    };
+    assert_eq!(inserted.unwrap(), 1, "the version row was inserted");
+}
+
+/// A database migrated by a newer troupe lists the migration this binary
+/// lacks as unknown, and the server warns about it but still starts.
+async fn unknown_migration_reported_not_fatal(backend: Backend) {
+    let Some(db) = TestDb::create(backend) else {
+        return;
+    };
+    let url = db.url.connection_string();
+    let ran = run(troupe().args(["--database-url", &url, "migrate", "run"]));
+    assert!(ran.status.success(), "migrate run succeeds: {}", ran.stderr);
+    let newer = "99991231000000";
+    record_migration(&db.url, newer);
+
+    let status = run(troupe().args(["--database-url", &url, "migrate", "status"]));
+    let log = log_until_listening(troupe().args(["--database-url", &url]).args(SMALL_SERVER));
+
+    assert!(status.status.success(), "migrate status: {}", status.stderr);
+    let printed = lines(&status.stdout);
+    assert_eq!(
+        printed.last(),
+        Some(&format!("unknown\t{newer}")),
+        "the newer version is listed last as unknown:\n{}",
+        status.stdout
+    );
+    assert!(
+        printed[..printed.len() - 1]
+            .iter()
+            .all(|line| line.starts_with("applied\t")),
+        "every embedded migration is applied:\n{}",
+        status.stdout
+    );
+    assert!(
+        log.contains("does not contain") && log.contains(newer),
+        "the start warns about the unknown version:\n{log}"
     );
 }
 
