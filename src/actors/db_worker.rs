@@ -7,7 +7,7 @@ use actix::{Actor, Addr, Handler, Message, SyncArbiter, SyncContext};
 
 use super::batch::{run_live, LiveWrite};
 use super::{panic_message, ActorError, Batch, RequestCtx, RequestId};
-use crate::db::{DbConn, DbError, DbPool};
+use crate::db::{DbConn, DbError, DbPool, RowLock};
 
 /// One unit of database work: a plain function of a connection. Each query
 /// type wraps one function from `db`.
@@ -22,6 +22,12 @@ pub trait DbQuery: Send + 'static {
     }
 
     fn run(self, conn: &mut DbConn) -> Result<Self::Output, DbError>;
+
+    /// Returns the row this value locks when it runs, if any, so that a
+    /// batch can lock the rows of all its writes in one order first.
+    fn row_lock(&self) -> Option<RowLock> {
+        None
+    }
 
     /// Runs several values together in the transaction that the caller has
     /// open, when that is cheaper than running them one by one, and returns

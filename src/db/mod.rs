@@ -7,6 +7,7 @@
 
 mod dialect;
 mod error;
+mod locks;
 pub mod migrations;
 mod models;
 pub mod posts;
@@ -23,6 +24,7 @@ use diesel::sqlite::SqliteConnection;
 
 pub use dialect::without_savepoints;
 pub use error::DbError;
+pub use locks::{lock_rows, RowLock};
 pub use url::{DatabaseUrl, InvalidDatabaseUrl};
 
 /// Runs `$body` with `$c` bound to the concrete connection of either backend.

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use crate::actors::{ActorError, DbQuery, RequestCtx};
-use crate::db::{self, DbConn, DbError};
+use crate::db::{self, DbConn, DbError, RowLock};
 
 /// A write of a batch whose deadline had not passed when the batch started.
 pub(in crate::actors) struct LiveWrite<Q> {
@@ -26,11 +26,26 @@ type Outputs<T> = Vec<(usize, Result<T, ActorError>)>;
 /// writes run once more one by one, each in its own savepoint, so only the
 /// failed one is undone. An error that breaks the connection fails the
 /// whole batch.
+///
+/// Each transaction of a batch of several writes first locks the rows of
+/// all of them in one order (`db::lock_rows`), so that batches in flight
+/// at once do not deadlock. A single write takes its locks in that order
+/// by itself.
 pub(in crate::actors) fn run_live<Q: DbQuery + Clone>(
     conn: &mut DbConn,
     live: Vec<LiveWrite<Q>>,
 ) -> Result<Outputs<Q::Output>, DbError> {
-    let flat = conn.write_transaction(|conn| db::without_savepoints(|| run_flat(conn, &live)));
+    let locks: Vec<RowLock> = if live.len() > 1 {
+        live.iter()
+            .filter_map(|write| write.query.row_lock())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let flat = conn.write_transaction(|conn| {
+        db::lock_rows(conn, &locks)?;
+        db::without_savepoints(|| run_flat(conn, &live))
+    });
     match flat {
         Ok(outputs) => Ok(outputs),
         Err(Flat::Broken(error)) => Err(error),
@@ -38,7 +53,10 @@ pub(in crate::actors) fn run_live<Q: DbQuery + Clone>(
         Err(Flat::WriteFailed(Some((index, error)))) if live.len() == 1 => {
             Ok(vec![(index, Err(ActorError::Db(error)))])
         }
-        Err(Flat::WriteFailed(_)) => conn.write_transaction(|conn| run_with_savepoints(conn, live)),
+        Err(Flat::WriteFailed(_)) => conn.write_transaction(|conn| {
+            db::lock_rows(conn, &locks)?;
+            run_with_savepoints(conn, live)
+        }),
     }
 }
 

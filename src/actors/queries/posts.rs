@@ -1,5 +1,5 @@
 use super::{now, DbQuery};
-use crate::db::{self, DbConn, DbError};
+use crate::db::{self, DbConn, DbError, RowLock};
 use crate::domain::{
     DeleteMode, IfMatch, NewPost, Page, PageRequest, Post, PostFilter, PostId, PostPatch, PostSort,
     UserId,
@@ -109,6 +109,15 @@ impl DbQuery for Write {
             Self::Insert(_) => Insert::NAME,
             Self::Update(_) => Update::NAME,
             Self::Delete(_) => Delete::NAME,
+        }
+    }
+
+    fn row_lock(&self) -> Option<RowLock> {
+        match self {
+            Self::Insert(insert) => Some(RowLock::User(insert.user_id)),
+            Self::Update(Update { id, .. }) | Self::Delete(Delete { id, .. }) => {
+                Some(RowLock::Post(*id))
+            }
         }
     }
 

@@ -1,5 +1,5 @@
 use super::{now, DbQuery};
-use crate::db::{self, DbConn, DbError};
+use crate::db::{self, DbConn, DbError, RowLock};
 use crate::domain::{
     DeleteMode, IfMatch, NewUser, Page, PageRequest, User, UserFields, UserFilter, UserId,
     UserPatch, UserSort, UserWithPosts,
@@ -154,6 +154,15 @@ impl DbQuery for Write {
             Self::Replace(_) => Replace::NAME,
             Self::Update(_) => Update::NAME,
             Self::Delete(_) => Delete::NAME,
+        }
+    }
+
+    fn row_lock(&self) -> Option<RowLock> {
+        match self {
+            Self::Insert(_) => None,
+            Self::Replace(Replace { id, .. })
+            | Self::Update(Update { id, .. })
+            | Self::Delete(Delete { id, .. }) => Some(RowLock::User(*id)),
         }
     }
 
