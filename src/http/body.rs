@@ -3,10 +3,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use actix_web::dev::Payload;
+use actix_web::body::{BodySize, BoxBody, MessageBody};
+use actix_web::dev::{Payload, ServiceResponse};
 use actix_web::http::{header, Method};
-use actix_web::{web, FromRequest, HttpRequest};
+use actix_web::web::Bytes;
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
@@ -40,15 +43,71 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
         let checked =
             check_content_type(request).and_then(|()| check_declared_length(request, limit));
         let mut payload = payload.take();
+        let request = request.clone();
 
         Box::pin(async move {
             checked?;
             // A client that stops sending must not hold the connection.
-            let body = tokio::time::timeout(timeout, read_body(&mut payload, limit))
-                .await
-                .map_err(|_| ApiError::BodyTimeout)??;
-            decode(&body).map(JsonBody)
+            let read = tokio::time::timeout(timeout, read_body(&mut payload, limit)).await;
+            let error = match read {
+                Ok(Ok(body)) => return decode(&body).map(JsonBody),
+                Ok(Err(error)) => error,
+                Err(_) => ApiError::BodyTimeout,
+            };
+            request.extensions_mut().insert(UnreadBody(payload));
+            Err(error)
         })
+    }
+}
+
+/// The rest of a request body that troupe stopped reading, kept in the
+/// request's extensions until `hold_unread_body` moves it to the response.
+struct UnreadBody(Payload);
+
+/// Makes the connection close after an error response to a body that was
+/// not read to its end.
+///
+/// actix-http 3.20 drains the rest of a chunked body whose reader was
+/// dropped, so that the connection can carry another request, and it
+/// waits for that rest without a deadline. A client that stalled mid-chunk
+/// thus kept its connection after the 408. While the response still owns
+/// the reader, actix-http closes the connection after sending it instead.
+pub(super) fn hold_unread_body(response: ServiceResponse<BoxBody>) -> ServiceResponse<BoxBody> {
+    // Only the extractor's errors leave a body unread.
+    if !response.status().is_client_error() {
+        return response;
+    }
+    let unread = response.request().extensions_mut().remove::<UnreadBody>();
+    match unread {
+        None => response,
+        Some(UnreadBody(unread)) => response
+            .map_body(|_, body| HoldingBody {
+                body,
+                _unread: unread,
+            })
+            .map_into_boxed_body(),
+    }
+}
+
+/// A response body that keeps the unread rest of the request body until
+/// the response is sent.
+struct HoldingBody {
+    body: BoxBody,
+    _unread: Payload,
+}
+
+impl MessageBody for HoldingBody {
+    type Error = <BoxBody as MessageBody>::Error;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_next(cx)
     }
 }
 

@@ -12,6 +12,7 @@ use actix_web::middleware::Next;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use tracing::Instrument;
 
+use super::body;
 use super::problem::{cause_chain, ApiError, PROBLEM_JSON};
 use super::AppState;
 use crate::actors::{RequestCtx, RequestId};
@@ -79,7 +80,7 @@ pub async fn request_context(
     let cause = api_error.and_then(ApiError::cause).map(cause_chain);
     let unavailable = api_error.and_then(ApiError::unavailable_reason);
 
-    let mut response = render_problem(response, &request_id);
+    let mut response = body::hold_unread_body(render_problem(response, &request_id));
     response
         .headers_mut()
         .insert(REQUEST_ID_HEADER, request_id_header(&request_id));

@@ -4,12 +4,15 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::errors::raw_exchange;
 use crate::helpers::{problem, Backend, TestApp};
 
 crate::on_both_backends!(
     partial_body_gets_408,
+    stalled_chunked_body_closes_connection,
     hard_delete_never_reuses_ids,
     email_filter_with_nul_is_400,
     query_parameters_rejected_on_writes,
@@ -40,6 +43,41 @@ async fn partial_body_gets_408(backend: Backend) {
 
     let body = problem(response, 408).await;
     assert_eq!(body["code"], "request_timeout");
+    app.stop().await;
+}
+
+/// A chunked body that stops mid-chunk got its 408 on a connection that
+/// then stayed open, so a client could hold connections without sending.
+async fn stalled_chunked_body_closes_connection(backend: Backend) {
+    let spawned = TestApp::spawn_with(backend, |settings| {
+        settings.client_timeout = Duration::from_millis(300);
+    });
+    let Some(app) = spawned.await else { return };
+    let head = format!(
+        "POST /api/v1/users HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\n\r\n5\r\n{{\"nam\r\n",
+        app.addr
+    );
+
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut received));
+    let closed = read.await;
+
+    let text = String::from_utf8_lossy(&received).to_ascii_lowercase();
+    assert!(
+        text.starts_with("http/1.1 408"),
+        "the stalled body gets 408: {text}"
+    );
+    assert!(
+        text.contains("connection: close"),
+        "the 408 says the connection closes: {text}"
+    );
+    assert!(
+        matches!(closed, Ok(Ok(_))),
+        "the server closed the connection after the 408"
+    );
     app.stop().await;
 }
 
