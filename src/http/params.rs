@@ -52,6 +52,7 @@ pub struct QueryParams {
 
 impl QueryParams {
     pub fn parse(request: &HttpRequest, allowed: &[&str]) -> Result<Self, ApiError> {
+        check_percent_encoding(request.query_string())?;
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(request.query_string())
             .map_err(|e| {
                 invalid(
@@ -127,6 +128,47 @@ impl QueryParams {
 }
 
 /// Turns a domain error about one query value into a 400.
+/// Rejects a `%` not followed by two hex digits, and escapes that decode
+/// to bytes that are not UTF-8. The form decoder keeps the first as text
+/// and replaces the second with U+FFFD, so either would reach a filter as
+/// a value the client did not send.
+fn check_percent_encoding(raw: &str) -> Result<(), ApiError> {
+    let malformed = |detail: &str| {
+        invalid(
+            "query",
+            "malformed",
+            format!("query string is malformed: {detail}"),
+        )
+    };
+    let bytes = raw.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] != b'%' {
+            decoded.push(bytes[index]);
+            index += 1;
+            continue;
+        }
+        // `from_str_radix` alone would also take a sign, as in `%+F`.
+        let escape = bytes
+            .get(index + 1..index + 3)
+            .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
+        let Some(byte) = escape else {
+            let shown: String = raw[index..].chars().take(3).collect();
+            return Err(malformed(&format!(
+                "{shown:?} is not a % followed by two hex digits"
+            )));
+        };
+        decoded.push(byte);
+        index += 3;
+    }
+    if std::str::from_utf8(&decoded).is_err() {
+        return Err(malformed("percent-encoded bytes are not UTF-8"));
+    }
+    Ok(())
+}
+
 pub fn query_error(error: FieldError) -> ApiError {
     ApiError::InvalidQuery(ValidationError::single(error))
 }

@@ -15,6 +15,7 @@ crate::on_both_backends!(
     stalled_chunked_body_closes_connection,
     hard_delete_never_reuses_ids,
     email_filter_with_nul_is_400,
+    bad_percent_escapes_are_400,
     query_parameters_rejected_on_writes,
     content_type_variants,
     content_encoding_is_415,
@@ -120,6 +121,43 @@ async fn email_filter_with_nul_is_400(backend: Backend) {
         let body = problem(response, 400).await;
         assert_eq!(body["code"], "invalid_query", "{query}");
     }
+    app.stop().await;
+}
+
+/// An escape that is not `%` and two hex digits, or that decodes to bytes
+/// that are not UTF-8, reached the email filter as other text and got an
+/// empty 200.
+async fn bad_percent_escapes_are_400(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    app.create_user("Percent", "percent@example.com").await;
+    for query in [
+        "email=%ZZ",
+        "email=%FF",
+        "email=%C3",
+        "email=abc%",
+        "email=%4",
+        "email=%+F",
+        "page=%31%",
+    ] {
+        let response = app
+            .get(&format!("/api/v1/users?{query}"))
+            .send()
+            .await
+            .unwrap();
+        let body = problem(response, 400).await;
+        assert_eq!(body["code"], "invalid_query", "{query}");
+        assert_eq!(body["errors"][0]["code"], "malformed", "{query}");
+    }
+    let valid = app
+        .get("/api/v1/users?email=PERCENT%40example.com&page=%31")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(valid.status(), 200, "valid escapes still decode");
+    let page: Value = valid.json().await.unwrap();
+    assert_eq!(page["data"][0]["email"], "percent@example.com");
     app.stop().await;
 }
 
