@@ -1,7 +1,9 @@
 //! The JSON body extractor: content type, size limit and decoding, each with
 //! its own problem response.
 
+use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -11,7 +13,8 @@ use actix_web::http::{header, Method};
 use actix_web::web::Bytes;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use futures_util::StreamExt;
-use serde::de::DeserializeOwned;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{DeserializeOwned, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::error::Category;
 
@@ -202,12 +205,27 @@ fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 #[derive(Debug)]
 pub struct JsonObject<T>(pub T);
 
-impl<'de, T: DeserializeOwned> Deserialize<'de> for JsonObject<T> {
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for JsonObject<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let object = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
-        T::deserialize(serde_json::Value::Object(object))
+        // `T` reads the object's entries straight from the input, so it sees
+        // duplicate keys, and errors keep the path to the field.
+        struct ObjectVisitor<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+            type Value = T;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+
+        deserializer
+            .deserialize_map(ObjectVisitor(PhantomData))
             .map(JsonObject)
-            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -241,6 +259,10 @@ fn shape_error(path: String, error: serde_json::Error) -> ApiError {
         let field = field_path(&path, &name);
         let message = format!("{field} is required");
         FieldError::new(field, "required", message)
+    } else if let Some(name) = named("duplicate field `") {
+        let field = field_path(&path, &name);
+        let message = format!("{field} is given more than once");
+        FieldError::new(field, "duplicate_field", message)
     } else {
         let field = if at_root { "body".to_owned() } else { path };
         FieldError::new(field, "invalid_type", message)

@@ -16,6 +16,7 @@ crate::on_both_backends!(
     hard_delete_never_reuses_ids,
     email_filter_with_nul_is_400,
     bad_percent_escapes_are_400,
+    nested_duplicate_keys_are_422,
     query_parameters_rejected_on_writes,
     content_type_variants,
     content_encoding_is_415,
@@ -158,6 +159,64 @@ async fn bad_percent_escapes_are_400(backend: Backend) {
     assert_eq!(valid.status(), 200, "valid escapes still decode");
     let page: Value = valid.json().await.unwrap();
     assert_eq!(page["data"][0]["email"], "percent@example.com");
+    app.stop().await;
+}
+
+/// A post inside a create body went through a JSON map first, so its
+/// duplicate keys kept the last value and its errors lost the field's path.
+async fn nested_duplicate_keys_are_422(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let cases = [
+        (
+            r#"{"name":"Dup","email":"dup@example.com","age":1,"age":2}"#,
+            "age",
+            "duplicate_field",
+        ),
+        (
+            r#"{"name":"Dup","email":"dup@example.com","posts":[{"title":"a","content":"b","content":"z"}]}"#,
+            "posts[0].content",
+            "duplicate_field",
+        ),
+        (
+            r#"{"name":"Dup","email":"dup@example.com","posts":[{"title":"a","content":"b","title":null}]}"#,
+            "posts[0].title",
+            "duplicate_field",
+        ),
+        (
+            r#"{"name":"Dup","email":"dup@example.com","posts":[{"title":null,"content":"b"}]}"#,
+            "posts[0].title",
+            "invalid_type",
+        ),
+        (
+            r#"{"name":"Dup","email":"dup@example.com","posts":[["a","b"]]}"#,
+            "posts[0]",
+            "invalid_type",
+        ),
+    ];
+    for (body, field, code) in cases {
+        let response = app
+            .client
+            .post(app.url("/api/v1/users"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let problem = problem(response, 422).await;
+        assert_eq!(problem["errors"][0]["field"], field, "{body}");
+        assert_eq!(problem["errors"][0]["code"], code, "{body}");
+    }
+    let listed: Value = app
+        .get("/api/v1/users?email=dup@example.com")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["total"], 0, "no rejected body created a user");
     app.stop().await;
 }
 
