@@ -11,8 +11,8 @@ use super::schema::{posts, users};
 use super::users::check_precondition;
 use super::{with_conn, DbConn, DbError};
 use crate::domain::{
-    DeleteMode, Direction, IfMatch, NewPost, Page, PageRequest, Post, PostFilter, PostId,
-    PostPatch, PostSort, UserId,
+    DeleteMode, Direction, NewPost, Page, PageRequest, Post, PostFilter, PostId, PostPatch,
+    PostSort, Precondition, UserId,
 };
 
 pub fn find(conn: &mut DbConn, id: PostId) -> Result<Post, DbError> {
@@ -176,12 +176,12 @@ pub fn update(
     conn: &mut DbConn,
     id: PostId,
     patch: &PostPatch,
-    if_match: Option<&IfMatch>,
+    precondition: &Precondition,
     now: NaiveDateTime,
 ) -> Result<Post, DbError> {
     with_conn!(conn, c => c.write_transaction(|c| {
         let current = c.lock_live_post(id.get())?.ok_or(DbError::NotFound)?;
-        check_precondition(if_match, current.version)?;
+        check_precondition(precondition, current.version)?;
         let unchanged = patch.title.as_ref().is_none_or(|title| title.as_str() == current.title)
             && patch.content.as_ref().is_none_or(|content| content.as_str() == current.content);
         if unchanged {
@@ -207,12 +207,12 @@ pub fn delete(
     conn: &mut DbConn,
     id: PostId,
     mode: DeleteMode,
-    if_match: Option<&IfMatch>,
+    precondition: &Precondition,
     now: NaiveDateTime,
 ) -> Result<(), DbError> {
     with_conn!(conn, c => c.write_transaction(|c| {
         let current = c.lock_live_post(id.get())?.ok_or(DbError::NotFound)?;
-        check_precondition(if_match, current.version)?;
+        check_precondition(precondition, current.version)?;
 
         match mode {
             DeleteMode::Soft => {

@@ -15,8 +15,8 @@ use super::models::{NewPostRow, NewUserRow, PostRow, UserChanges, UserRow};
 use super::schema::{posts, users};
 use super::{with_conn, DbConn, DbError};
 use crate::domain::{
-    DeleteMode, Direction, IfMatch, NewUser, Page, PageRequest, Post, User, UserFields, UserFilter,
-    UserId, UserPatch, UserSort, UserWithPosts,
+    DeleteMode, Direction, NewUser, Page, PageRequest, Post, Precondition, User, UserFields,
+    UserFilter, UserId, UserPatch, UserSort, UserWithPosts,
 };
 
 /// Posts embedded in a user representation, oldest first.
@@ -410,7 +410,7 @@ pub fn replace(
     conn: &mut DbConn,
     id: UserId,
     fields: &UserFields,
-    if_match: Option<&IfMatch>,
+    precondition: &Precondition,
     now: NaiveDateTime,
 ) -> Result<User, DbError> {
     let patch = UserPatch {
@@ -418,7 +418,7 @@ pub fn replace(
         email: Some(fields.email.clone()),
         age: Some(fields.age),
     };
-    update(conn, id, &patch, if_match, now)
+    update(conn, id, &patch, precondition, now)
 }
 
 /// Applies a merge patch. A patch that changes no value, an empty one
@@ -428,12 +428,12 @@ pub fn update(
     conn: &mut DbConn,
     id: UserId,
     patch: &UserPatch,
-    if_match: Option<&IfMatch>,
+    precondition: &Precondition,
     now: NaiveDateTime,
 ) -> Result<User, DbError> {
     with_conn!(conn, c => c.write_transaction(|c| {
         let current = c.lock_live_user(id.get())?.ok_or(DbError::NotFound)?;
-        check_precondition(if_match, current.version)?;
+        check_precondition(precondition, current.version)?;
         let unchanged = patch.name.as_ref().is_none_or(|name| name.as_str() == current.name)
             && patch.email.as_ref().is_none_or(|email| email.as_str() == current.email)
             && patch.age.is_none_or(|age| age.map(|age| age.get()) == current.age);
@@ -462,12 +462,12 @@ pub fn delete(
     conn: &mut DbConn,
     id: UserId,
     mode: DeleteMode,
-    if_match: Option<&IfMatch>,
+    precondition: &Precondition,
     now: NaiveDateTime,
 ) -> Result<(), DbError> {
     with_conn!(conn, c => c.write_transaction(|c| {
         let current = c.lock_live_user(id.get())?.ok_or(DbError::NotFound)?;
-        check_precondition(if_match, current.version)?;
+        check_precondition(precondition, current.version)?;
 
         match mode {
             DeleteMode::Soft => {
@@ -493,10 +493,11 @@ pub fn delete(
     }))
 }
 
-/// Fails with `PreconditionFailed` unless `if_match` allows `version`.
-pub(super) fn check_precondition(if_match: Option<&IfMatch>, version: i64) -> Result<(), DbError> {
-    match if_match {
-        Some(if_match) if !if_match.matches(version) => Err(DbError::PreconditionFailed),
-        _ => Ok(()),
+/// Fails with `PreconditionFailed` unless `precondition` allows `version`.
+pub(super) fn check_precondition(precondition: &Precondition, version: i64) -> Result<(), DbError> {
+    if precondition.allows(version) {
+        Ok(())
+    } else {
+        Err(DbError::PreconditionFailed)
     }
 }

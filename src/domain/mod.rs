@@ -12,7 +12,7 @@ pub use error::{FieldError, ValidationError};
 pub use ids::{InvalidId, PostId, UserId};
 pub use listing::{Direction, PageRequest, PostFilter, PostSort, UserFilter, UserSort};
 pub use post::{NewPost, Post, PostContent, PostFields, PostPatch, PostTitle};
-pub use precondition::{entity_tag, IfMatch};
+pub use precondition::{entity_tag, IfMatch, Precondition};
 pub use user::{Age, Email, NewUser, User, UserFields, UserName, UserPatch, UserWithPosts};
 
 /// Timestamps are kept in UTC with microsecond precision, the precision that

@@ -207,8 +207,8 @@ pub struct JsonObject<T>(pub T);
 
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for JsonObject<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        // `T` reads the object's entries straight from the input, so it sees
-        // duplicate keys, and errors keep the path to the field.
+        // `T` reads the object's entries straight from the input, so it rejects
+        // duplicate keys itself, and errors keep the path to the field.
         struct ObjectVisitor<T>(PhantomData<T>);
 
         impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {

@@ -7,7 +7,9 @@ use actix_web::http::header;
 use actix_web::{FromRequest, HttpRequest};
 
 use super::problem::ApiError;
-use crate::domain::{FieldError, IfMatch, InvalidId, PageRequest, PostId, UserId, ValidationError};
+use crate::domain::{
+    FieldError, IfMatch, InvalidId, PageRequest, PostId, Precondition, UserId, ValidationError,
+};
 
 /// Extracts ids from the `{id}` path segment. Handlers take the id before
 /// the body, so a bad id is reported before a bad body.
@@ -177,19 +179,37 @@ fn invalid(field: &str, code: &'static str, message: String) -> ApiError {
     query_error(FieldError::new(field, code, message))
 }
 
-/// Reads every `If-Match` header line as one list. A header that is empty
-/// or not visible ASCII matches nothing.
-pub fn if_match(request: &HttpRequest) -> Option<IfMatch> {
-    let mut lines = request.headers().get_all(header::IF_MATCH).peekable();
+/// Reads the preconditions of a write: every `If-Match` header line as one
+/// list, and every `If-None-Match` line as another. A header that is empty
+/// or not visible ASCII fails the write: `If-Match` then matches nothing,
+/// and `If-None-Match` matches everything.
+pub fn precondition(request: &HttpRequest) -> Precondition {
+    Precondition {
+        if_match: tag_list(request, header::IF_MATCH, IfMatch::parse)
+            .map(|list| list.unwrap_or(IfMatch::Versions(Vec::new()))),
+        if_none_match: tag_list(request, header::IF_NONE_MATCH, IfMatch::parse_weak)
+            .map(|list| list.unwrap_or(IfMatch::Any)),
+    }
+}
+
+/// Parses every line of the header `name` as one list, or returns
+/// `Some(None)` when a line is not visible ASCII, and `None` when the
+/// header is absent.
+fn tag_list(
+    request: &HttpRequest,
+    name: header::HeaderName,
+    parse: fn(&str) -> IfMatch,
+) -> Option<Option<IfMatch>> {
+    let mut lines = request.headers().get_all(name).peekable();
     lines.peek()?;
     let mut tags = Vec::new();
     for line in lines {
         let Ok(text) = line.to_str() else {
-            return Some(IfMatch::Versions(Vec::new()));
+            return Some(None);
         };
         tags.push(text);
     }
-    Some(IfMatch::parse(&tags.join(",")))
+    Some(Some(parse(&tags.join(","))))
 }
 
 /// Tells whether `If-None-Match` lists `etag`, comparing weakly as RFC 9110

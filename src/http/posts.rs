@@ -6,7 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::body::JsonBody;
-use super::params::{if_match, if_none_match, query_error, NoQuery, QueryParams};
+use super::params::{if_none_match, precondition, query_error, NoQuery, QueryParams};
 use super::problem::ApiError;
 use super::representation::{page_response, with_etag, PostBody};
 use super::users::present;
@@ -218,12 +218,12 @@ pub async fn replace(
         title: Some(fields.title),
         content: Some(fields.content),
     };
-    let if_match = if_match(&request);
+    let precondition = precondition(&request);
 
     let update = posts::Write::Update(posts::Update {
         id,
         patch,
-        if_match,
+        precondition,
     });
     let post = saved(write(&state, ctx, update).await?)?;
 
@@ -239,12 +239,12 @@ pub async fn patch(
     JsonBody(body): JsonBody<PatchPostBody>,
 ) -> Result<HttpResponse, ApiError> {
     let patch = body.validate()?;
-    let if_match = if_match(&request);
+    let precondition = precondition(&request);
 
     let update = posts::Write::Update(posts::Update {
         id,
         patch,
-        if_match,
+        precondition,
     });
     let post = saved(write(&state, ctx, update).await?)?;
 
@@ -263,9 +263,13 @@ pub async fn delete(
     } else {
         DeleteMode::Soft
     };
-    let if_match = if_match(&request);
+    let precondition = precondition(&request);
 
-    let delete = posts::Write::Delete(posts::Delete { id, mode, if_match });
+    let delete = posts::Write::Delete(posts::Delete {
+        id,
+        mode,
+        precondition,
+    });
     write(&state, ctx, delete).await?;
 
     Ok(HttpResponse::NoContent().finish())

@@ -9,7 +9,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Deserializer};
 
 use super::body::{JsonBody, JsonObject};
-use super::params::{if_match, if_none_match, query_error, NoQuery, QueryParams};
+use super::params::{if_none_match, precondition, query_error, NoQuery, QueryParams};
 use super::posts::{post_fields, PostFieldsBody};
 use super::problem::ApiError;
 use super::representation::{page_response, with_etag, UserBody};
@@ -311,7 +311,7 @@ pub async fn replace(
     JsonBody(body): JsonBody<ReplaceUserBody>,
 ) -> Result<HttpResponse, ApiError> {
     let fields = body.validate()?;
-    let if_match = if_match(&request);
+    let precondition = precondition(&request);
 
     let user = ask(
         &state,
@@ -319,7 +319,7 @@ pub async fn replace(
             ctx,
             id,
             fields,
-            if_match,
+            precondition,
         },
     )
     .await?;
@@ -336,7 +336,7 @@ pub async fn patch(
     JsonBody(body): JsonBody<PatchUserBody>,
 ) -> Result<HttpResponse, ApiError> {
     let patch = body.validate()?;
-    let if_match = if_match(&request);
+    let precondition = precondition(&request);
 
     let user = ask(
         &state,
@@ -344,7 +344,7 @@ pub async fn patch(
             ctx,
             id,
             patch,
-            if_match,
+            precondition,
         },
     )
     .await?;
@@ -364,7 +364,7 @@ pub async fn delete(
     } else {
         DeleteMode::Soft
     };
-    let if_match = if_match(&request);
+    let precondition = precondition(&request);
 
     ask(
         &state,
@@ -372,7 +372,7 @@ pub async fn delete(
             ctx,
             id,
             mode,
-            if_match,
+            precondition,
         },
     )
     .await?;

@@ -23,8 +23,8 @@ use troupe::actors::{
 };
 use troupe::db::{DbConn, DbError, DbPool, PoolSettings};
 use troupe::domain::{
-    Age, DeleteMode, Email, NewUser, Page, PostContent, PostFields, PostTitle, User, UserFields,
-    UserId, UserName, UserPatch, UserWithPosts,
+    Age, DeleteMode, Email, NewUser, Page, PostContent, PostFields, PostTitle, Precondition, User,
+    UserFields, UserId, UserName, UserPatch, UserWithPosts,
 };
 
 use crate::helpers::{Backend, TestDb};
@@ -384,7 +384,7 @@ async fn patch(store: &Addr<UserStore>, id: UserId, patch: UserPatch) -> Result<
         ctx: ctx(),
         id,
         patch,
-        if_match: None,
+        precondition: Precondition::default(),
     };
     ActorError::flatten("user_store", store.send(message).await)
 }
@@ -498,7 +498,7 @@ async fn store_patch_evicts_user() {
         Sent::Update(users::Update {
             id: id(7),
             patch: rename("Ada King"),
-            if_match: None,
+            precondition: Precondition::default(),
         }),
         "the patch sends an Update with the id and patch"
     );
@@ -535,7 +535,7 @@ async fn store_replace_evicts_user() {
         ctx: ctx(),
         id: id(7),
         fields: fields("Ada King", "king@example.com"),
-        if_match: None,
+        precondition: Precondition::default(),
     };
     ActorError::flatten("user_store", store.send(message).await).unwrap();
     let after = get(&store, id(7)).await;
@@ -566,7 +566,7 @@ async fn store_delete_evicts_user() {
         ctx: ctx(),
         id: id(7),
         mode: DeleteMode::Soft,
-        if_match: None,
+        precondition: Precondition::default(),
     };
     ActorError::flatten("user_store", store.send(message).await).unwrap();
     let after = get(&store, id(7)).await;
@@ -576,7 +576,7 @@ async fn store_delete_evicts_user() {
         Sent::Delete(users::Delete {
             id: id(7),
             mode: DeleteMode::Soft,
-            if_match: None,
+            precondition: Precondition::default(),
         }),
         "the delete sends a Delete with the id and mode"
     );
@@ -929,7 +929,7 @@ async fn store_read_during_write_evicted() {
         ctx: ctx(),
         id: id(7),
         patch: rename("Ada King"),
-        if_match: None,
+        precondition: Precondition::default(),
     });
     let during = get(&store, id(7)).await;
     release_update.send(Ok(renamed.clone())).unwrap();
@@ -1263,7 +1263,7 @@ async fn worker_find_many_skips_missing_and_deleted(backend: Backend) {
         users::Delete {
             id: ids[1],
             mode: DeleteMode::Soft,
-            if_match: None,
+            precondition: Precondition::default(),
         },
     )
     .await
@@ -1667,7 +1667,7 @@ async fn worker_batch_conflict_fails_only_its_write(backend: Backend) {
         users::Write::Update(users::Update {
             id: id(999_999),
             patch: rename("Nobody"),
-            if_match: None,
+            precondition: Precondition::default(),
         }),
     );
 

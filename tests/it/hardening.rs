@@ -21,6 +21,7 @@ crate::on_both_backends!(
     content_type_variants,
     content_encoding_is_415,
     if_match_needs_canonical_tags,
+    if_none_match_guards_writes,
     if_match_lines_form_one_list,
     empty_if_match_matches_nothing,
     unchanged_patch_keeps_version,
@@ -328,6 +329,79 @@ async fn patch_with_if_match(app: &TestApp, path: &str, tags: &[&str]) -> reqwes
         request = request.header("if-match", *tag);
     }
     request.send().await.unwrap()
+}
+
+/// `If-None-Match` on PUT, PATCH and DELETE was ignored, so a client's
+/// guard against overwriting a version it had seen did nothing. It fails
+/// the write with 412 when it lists the current version, weakly compared,
+/// or is `*`, and it is checked even when `If-Match` passes.
+async fn if_none_match_guards_writes(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let user = app.create_user("Guarded", "guarded@example.com").await;
+    let user_path = format!("/api/v1/users/{}", user["id"]);
+    let post = app
+        .create_post(user["id"].as_i64().unwrap(), "Guarded post")
+        .await;
+    let post_path = format!("/api/v1/posts/{}", post["id"]);
+
+    let failing: [(&str, Option<&str>); 4] = [
+        ("*", None),
+        ("\"1\"", None),
+        ("W/\"1\", \"7\"", None),
+        ("\"1\"", Some("\"1\"")),
+    ];
+    for (if_none_match, if_match) in failing {
+        let writes = [
+            app.patch_json(&user_path, &json!({ "age": 41 })),
+            app.put_json(
+                &user_path,
+                &json!({ "name": "Guarded", "email": "guarded@example.com", "age": 41 }),
+            ),
+            app.patch_json(&post_path, &json!({ "title": "Changed" })),
+            app.delete(&post_path),
+            app.delete(&user_path),
+        ];
+        for write in writes {
+            let mut write = write.header("if-none-match", if_none_match);
+            if let Some(tag) = if_match {
+                write = write.header("if-match", tag);
+            }
+            let response = write.send().await.unwrap();
+            assert_eq!(
+                response.status(),
+                412,
+                "If-None-Match: {if_none_match}, If-Match: {if_match:?}"
+            );
+        }
+    }
+    let unchanged = app.get(&user_path).send().await.unwrap();
+    assert_eq!(
+        unchanged.headers()["etag"],
+        "\"1\"",
+        "the user is unchanged"
+    );
+    let unchanged = app.get(&post_path).send().await.unwrap();
+    assert_eq!(
+        unchanged.headers()["etag"],
+        "\"1\"",
+        "the post is unchanged"
+    );
+
+    let passing = app
+        .patch_json(&user_path, &json!({ "age": 42 }))
+        .header("if-none-match", "\"2\", W/\"3\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        passing.status(),
+        200,
+        "other versions do not fail the write"
+    );
+    assert_eq!(passing.headers()["etag"], "\"2\"");
+    app.stop().await;
 }
 
 /// `"01"` matched the tag `"1"` because tags were compared as numbers.

@@ -1,8 +1,8 @@
 use super::{now, DbQuery};
 use crate::db::{self, DbConn, DbError, RowLock};
 use crate::domain::{
-    DeleteMode, IfMatch, NewPost, Page, PageRequest, Post, PostFilter, PostId, PostPatch, PostSort,
-    UserId,
+    DeleteMode, NewPost, Page, PageRequest, Post, PostFilter, PostId, PostPatch, PostSort,
+    Precondition, UserId,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +57,7 @@ impl DbQuery for Insert {
 pub struct Update {
     pub id: PostId,
     pub patch: PostPatch,
-    pub if_match: Option<IfMatch>,
+    pub precondition: Precondition,
 }
 
 impl DbQuery for Update {
@@ -65,7 +65,7 @@ impl DbQuery for Update {
     const NAME: &'static str = "posts.update";
 
     fn run(self, conn: &mut DbConn) -> Result<Post, DbError> {
-        db::posts::update(conn, self.id, &self.patch, self.if_match.as_ref(), now())
+        db::posts::update(conn, self.id, &self.patch, &self.precondition, now())
     }
 }
 
@@ -73,7 +73,7 @@ impl DbQuery for Update {
 pub struct Delete {
     pub id: PostId,
     pub mode: DeleteMode,
-    pub if_match: Option<IfMatch>,
+    pub precondition: Precondition,
 }
 
 impl DbQuery for Delete {
@@ -81,7 +81,7 @@ impl DbQuery for Delete {
     const NAME: &'static str = "posts.delete";
 
     fn run(self, conn: &mut DbConn) -> Result<(), DbError> {
-        db::posts::delete(conn, self.id, self.mode, self.if_match.as_ref(), now())
+        db::posts::delete(conn, self.id, self.mode, &self.precondition, now())
     }
 }
 

@@ -1,7 +1,7 @@
 use super::{now, DbQuery};
 use crate::db::{self, DbConn, DbError, RowLock};
 use crate::domain::{
-    DeleteMode, IfMatch, NewUser, Page, PageRequest, User, UserFields, UserFilter, UserId,
+    DeleteMode, NewUser, Page, PageRequest, Precondition, User, UserFields, UserFilter, UserId,
     UserPatch, UserSort, UserWithPosts,
 };
 
@@ -83,7 +83,7 @@ impl DbQuery for Insert {
 pub struct Replace {
     pub id: UserId,
     pub fields: UserFields,
-    pub if_match: Option<IfMatch>,
+    pub precondition: Precondition,
 }
 
 impl DbQuery for Replace {
@@ -91,7 +91,7 @@ impl DbQuery for Replace {
     const NAME: &'static str = "users.replace";
 
     fn run(self, conn: &mut DbConn) -> Result<User, DbError> {
-        db::users::replace(conn, self.id, &self.fields, self.if_match.as_ref(), now())
+        db::users::replace(conn, self.id, &self.fields, &self.precondition, now())
     }
 }
 
@@ -99,7 +99,7 @@ impl DbQuery for Replace {
 pub struct Update {
     pub id: UserId,
     pub patch: UserPatch,
-    pub if_match: Option<IfMatch>,
+    pub precondition: Precondition,
 }
 
 impl DbQuery for Update {
@@ -107,7 +107,7 @@ impl DbQuery for Update {
     const NAME: &'static str = "users.update";
 
     fn run(self, conn: &mut DbConn) -> Result<User, DbError> {
-        db::users::update(conn, self.id, &self.patch, self.if_match.as_ref(), now())
+        db::users::update(conn, self.id, &self.patch, &self.precondition, now())
     }
 }
 
@@ -115,7 +115,7 @@ impl DbQuery for Update {
 pub struct Delete {
     pub id: UserId,
     pub mode: DeleteMode,
-    pub if_match: Option<IfMatch>,
+    pub precondition: Precondition,
 }
 
 impl DbQuery for Delete {
@@ -123,7 +123,7 @@ impl DbQuery for Delete {
     const NAME: &'static str = "users.delete";
 
     fn run(self, conn: &mut DbConn) -> Result<(), DbError> {
-        db::users::delete(conn, self.id, self.mode, self.if_match.as_ref(), now())
+        db::users::delete(conn, self.id, self.mode, &self.precondition, now())
     }
 }
 

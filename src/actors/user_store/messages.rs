@@ -6,7 +6,7 @@ use actix::prelude::*;
 
 use crate::actors::{ActorError, RequestCtx};
 use crate::domain::{
-    DeleteMode, IfMatch, NewUser, Page, PageRequest, User, UserFields, UserFilter, UserId,
+    DeleteMode, NewUser, Page, PageRequest, Precondition, User, UserFields, UserFilter, UserId,
     UserPatch, UserSort, UserWithPosts,
 };
 
@@ -45,15 +45,15 @@ store_message!(
 );
 store_message!(
     /// Replaces a user's fields.
-    ReplaceUser { id: UserId, fields: UserFields, if_match: Option<IfMatch> } -> User
+    ReplaceUser { id: UserId, fields: UserFields, precondition: Precondition } -> User
 );
 store_message!(
     /// Applies a merge patch to a user.
-    PatchUser { id: UserId, patch: UserPatch, if_match: Option<IfMatch> } -> User
+    PatchUser { id: UserId, patch: UserPatch, precondition: Precondition } -> User
 );
 store_message!(
     /// Deletes a user and its posts.
-    DeleteUser { id: UserId, mode: DeleteMode, if_match: Option<IfMatch> } -> ()
+    DeleteUser { id: UserId, mode: DeleteMode, precondition: Precondition } -> ()
 );
 
 /// Sent by a write's reply future to its own store after the database has

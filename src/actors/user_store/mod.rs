@@ -447,12 +447,12 @@ impl Handler<ReplaceUser> for UserStore {
             ctx: request,
             id,
             fields,
-            if_match,
+            precondition,
         } = message;
         let write = users::Write::Replace(users::Replace {
             id,
             fields,
-            if_match,
+            precondition,
         });
         let reply = self.write(ctx, Some(id), request, write);
         Box::pin(async move { written(reply.await, changed) })
@@ -467,12 +467,12 @@ impl Handler<PatchUser> for UserStore {
             ctx: request,
             id,
             patch,
-            if_match,
+            precondition,
         } = message;
         let write = users::Write::Update(users::Update {
             id,
             patch,
-            if_match,
+            precondition,
         });
         let reply = self.write(ctx, Some(id), request, write);
         Box::pin(async move { written(reply.await, changed) })
@@ -487,9 +487,13 @@ impl Handler<DeleteUser> for UserStore {
             ctx: request,
             id,
             mode,
-            if_match,
+            precondition,
         } = message;
-        let write = users::Write::Delete(users::Delete { id, mode, if_match });
+        let write = users::Write::Delete(users::Delete {
+            id,
+            mode,
+            precondition,
+        });
         let reply = self.write(ctx, Some(id), request, write);
         Box::pin(async move {
             written(reply.await, |written| match written {
