@@ -157,12 +157,14 @@ fn check_content_type(request: &HttpRequest) -> Result<(), ApiError> {
     }
 
     // JSON is UTF-8 (RFC 8259); any other declared charset would be misread.
+    // `utf8` is a common alias of the registered name `utf-8`.
     for parameter in parts {
         let Some((name, value)) = parameter.split_once('=') else {
             continue;
         };
         let value = value.trim().trim_matches('"');
-        if name.trim().eq_ignore_ascii_case("charset") && !value.eq_ignore_ascii_case("utf-8") {
+        let utf8 = value.eq_ignore_ascii_case("utf-8") || value.eq_ignore_ascii_case("utf8");
+        if name.trim().eq_ignore_ascii_case("charset") && !utf8 {
             return Err(unsupported());
         }
     }

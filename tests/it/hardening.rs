@@ -284,7 +284,7 @@ async fn create_with_content_type(
 }
 
 /// HTTP allows white space before `;`, and JSON is always UTF-8, so another
-/// declared charset would be misread.
+/// declared charset would be misread. The alias `utf8` was rejected.
 async fn content_type_variants(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else {
         return;
@@ -292,6 +292,7 @@ async fn content_type_variants(backend: Backend) {
     let cases = [
         ("application/json ; charset=utf-8", 201),
         ("application/json;charset=\"UTF-8\"", 201),
+        ("application/json;charset=utf8", 201),
         ("application/json; charset=latin1", 415),
         ("application/json; charset=utf-16", 415),
     ];
