@@ -32,6 +32,20 @@ impl DbError {
     pub fn breaks_connection(&self) -> bool {
         matches!(self, Self::Unavailable(_) | Self::Query(_))
     }
+
+    /// Tells whether PostgreSQL chose this statement to break a deadlock or
+    /// could not serialize it. Another transaction went ahead instead, so
+    /// running the statement again soon is likely to succeed, where a
+    /// timeout would only wait as long again.
+    pub fn is_deadlock(&self) -> bool {
+        match self {
+            Self::Busy(DieselError::DatabaseError(kind, info)) => {
+                matches!(kind, DatabaseErrorKind::SerializationFailure)
+                    || info.message().contains("deadlock detected")
+            }
+            _ => false,
+        }
+    }
 }
 
 impl From<DieselError> for DbError {

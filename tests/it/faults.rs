@@ -713,6 +713,84 @@ async fn expired_requests_are_skipped() {
     app.stop().await;
 }
 
+/// Another session takes the email that a PUT asks for and, before it
+/// commits, waits for the user that the PUT has locked: a deadlock over the
+/// unique email index that row locks taken in order cannot prevent.
+/// PostgreSQL rolls back the PUT's statement, which used to answer 503
+/// `database_busy`. The write runs again once the session has committed
+/// and gets the 409 it would have got without the deadlock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_deadlock_runs_write_again() {
+    let Some(app) = TestApp::spawn(Backend::Postgres).await else {
+        return;
+    };
+    let DatabaseUrl::Postgres(url) = app.db.url.clone() else {
+        unreachable!("a PostgreSQL test database")
+    };
+    let first = app.create_user("First", "first@example.com").await;
+    let second = app.create_user("Second", "second@example.com").await;
+    let (first, second) = (
+        first["id"].as_i64().unwrap(),
+        second["id"].as_i64().unwrap(),
+    );
+
+    let mut session = diesel::PgConnection::establish(&url).unwrap();
+    session
+        .batch_execute(&format!(
+            "BEGIN; UPDATE users SET email = 'taken@example.com' WHERE id = {first}"
+        ))
+        .unwrap();
+    let put = app.put_json(
+        &format!("/api/v1/users/{second}"),
+        &json!({ "name": "Second", "email": "taken@example.com" }),
+    );
+    let put = tokio::spawn(async move { put.send().await });
+
+    // The PUT holds the second user and waits on the session's email.
+    let mut watcher = diesel::PgConnection::establish(&url).unwrap();
+    let waiting = "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let count: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(waiting)
+            .get_result(&mut watcher)
+            .unwrap();
+        if count == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the PUT never waited for the session's email"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Now the session waits for the PUT: PostgreSQL breaks the cycle by
+    // rolling back the PUT, whose wait began first.
+    session
+        .batch_execute(&format!(
+            "UPDATE users SET name = 'Session' WHERE id = {second}; COMMIT"
+        ))
+        .unwrap();
+
+    let response = put.await.unwrap().unwrap();
+    let body = problem(response, 409).await;
+    assert_eq!(body["code"], "email_taken");
+    let stored: Value = app
+        .get(&format!("/api/v1/users/{second}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        stored["email"], "second@example.com",
+        "the PUT changed nothing"
+    );
+    assert_eq!(stored["name"], "Session", "the session's change stands");
+    app.stop().await;
+}
+
 /// PostgreSQL counterpart of the SQLite lock test, also with one write per
 /// batch: another session holds an exclusive lock on `users` longer than
 /// the request budget. The statement

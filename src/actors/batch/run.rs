@@ -49,8 +49,9 @@ pub(in crate::actors) fn run_live<Q: DbQuery + Clone>(
     match flat {
         Ok(outputs) => Ok(outputs),
         Err(Flat::Broken(error)) => Err(error),
-        // Alone in its batch, the failed write's rollback was its own.
-        Err(Flat::WriteFailed(Some((index, error)))) if live.len() == 1 => {
+        // Alone in its batch, the failed write's rollback was its own. A
+        // deadlock is run again below instead.
+        Err(Flat::WriteFailed(Some((index, error)))) if live.len() == 1 && !error.is_deadlock() => {
             Ok(vec![(index, Err(ActorError::Db(error)))])
         }
         Err(Flat::WriteFailed(_)) => conn.write_transaction(|conn| {
@@ -91,15 +92,31 @@ fn run_flat<Q: DbQuery + Clone>(
 }
 
 /// Runs the writes one by one, each in its own savepoint, so a write that
-/// fails on its own is undone alone and the others go on.
-fn run_with_savepoints<Q: DbQuery>(
+/// fails on its own is undone alone and the others go on. A write that
+/// PostgreSQL rolled back to break a deadlock runs again, up to
+/// `DEADLOCK_RETRIES` times. Up-front row locks prevent deadlocks over
+/// rows, but two transactions can still wait on each other's uncommitted
+/// emails in the unique index, as when one takes the email that the other
+/// gives up.
+fn run_with_savepoints<Q: DbQuery + Clone>(
     conn: &mut DbConn,
     live: Vec<LiveWrite<Q>>,
 ) -> Result<Outputs<Q::Output>, DbError> {
     let size = live.len();
     let mut outputs = Vec::with_capacity(size);
     for write in live {
-        match run_one(conn, write.query, &write.ctx, size) {
+        let mut retries = 0;
+        let result = loop {
+            match run_one(conn, write.query.clone(), &write.ctx, size) {
+                Err(error) if error.is_deadlock() && retries < DEADLOCK_RETRIES => {
+                    retries += 1;
+                    let _entered = write.ctx.span.enter();
+                    tracing::info!(retries, "write ran again after a deadlock");
+                }
+                result => break result,
+            }
+        };
+        match result {
             Ok(output) => outputs.push((write.index, Ok(output))),
             Err(error) if error.breaks_connection() => return Err(error),
             Err(error) => outputs.push((write.index, Err(ActorError::Db(error)))),
@@ -107,6 +124,10 @@ fn run_with_savepoints<Q: DbQuery>(
     }
     Ok(outputs)
 }
+
+/// How many times a write runs again after PostgreSQL broke a deadlock by
+/// rolling it back.
+const DEADLOCK_RETRIES: usize = 2;
 
 /// The cause of the rollback of a batch that ran without savepoints.
 enum Flat {
