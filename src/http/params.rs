@@ -181,14 +181,15 @@ fn invalid(field: &str, code: &'static str, message: String) -> ApiError {
 
 /// Reads the preconditions of a write: every `If-Match` header line as one
 /// list, and every `If-None-Match` line as another. A header that is empty
-/// or not visible ASCII fails the write: `If-Match` then matches nothing,
-/// and `If-None-Match` matches everything.
+/// or not visible ASCII matches nothing, as a list of tags that are not
+/// versions does, so `If-Match` then fails the write and `If-None-Match`
+/// lets it pass.
 pub fn precondition(request: &HttpRequest) -> Precondition {
     Precondition {
         if_match: tag_list(request, header::IF_MATCH, IfMatch::parse)
             .map(|list| list.unwrap_or(IfMatch::Versions(Vec::new()))),
         if_none_match: tag_list(request, header::IF_NONE_MATCH, IfMatch::parse_weak)
-            .map(|list| list.unwrap_or(IfMatch::Any)),
+            .map(|list| list.unwrap_or(IfMatch::Versions(Vec::new()))),
     }
 }
 

@@ -169,7 +169,7 @@ impl ApiError {
             Self::MethodNotAllowed { allow } => format!("This route allows only: {allow}."),
             Self::EmailTaken => "Another user already has this email address.".to_owned(),
             Self::PreconditionFailed => {
-                "If-Match does not match the resource's current entity tag.".to_owned()
+                "If-Match or If-None-Match does not allow the resource's current entity tag.".to_owned()
             }
             Self::PayloadTooLarge { limit } => format!("The request body is larger than {limit} bytes."),
             Self::UnsupportedMediaType { expected } => {

@@ -402,6 +402,20 @@ async fn if_none_match_guards_writes(backend: Backend) {
         "other versions do not fail the write"
     );
     assert_eq!(passing.headers()["etag"], "\"2\"");
+    let unreadable = app
+        .patch_json(&user_path, &json!({ "age": 43 }))
+        .header(
+            "if-none-match",
+            reqwest::header::HeaderValue::from_bytes(b"\"\xc3\xa9\"").unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        unreadable.status(),
+        200,
+        "a value that is not ASCII matches no tag"
+    );
     app.stop().await;
 }
 
