@@ -145,9 +145,9 @@ fn warn_unknown_migrations(statuses: Result<Vec<MigrationStatus>, MigrationError
             if !unknown.is_empty() {
                 tracing::warn!(
                     migrations = ?unknown,
-                    "the database has migrations that this troupe does not contain, likely \
-                     applied by a newer version; run that version, or check that this one \
-                     works with the newer schema"
+                    "the database has applied migrations that this troupe does not contain, \
+                     as after a newer version migrated it; check that this version works with \
+                     that schema"
                 );
             }
         }
