@@ -50,7 +50,7 @@ pub(in crate::actors) fn run_live<Q: DbQuery + Clone>(
         Ok(outputs) => Ok(outputs),
         Err(Flat::Broken(error)) => Err(error),
         // Alone in its batch, the failed write's rollback was its own. A
-        // deadlock is run again below instead.
+        // write that met a deadlock runs again below instead.
         Err(Flat::WriteFailed(Some((index, error)))) if live.len() == 1 && !error.is_deadlock() => {
             Ok(vec![(index, Err(ActorError::Db(error)))])
         }
