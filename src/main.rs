@@ -62,8 +62,13 @@ fn serve(database_url: troupe::db::DatabaseUrl, args: &ServeArgs) -> Result<(), 
 fn migrate(url: &troupe::db::DatabaseUrl, action: MigrateAction) -> Result<(), BoxError> {
     match action {
         MigrateAction::Run => {
-            let applied = migrations::run_pending(url)?;
-            tracing::info!(count = applied.len(), migrations = ?applied, "applied migrations");
+            let migrated = migrations::run_pending(url)?;
+            tracing::info!(
+                count = migrated.applied.len(),
+                migrations = ?migrated.applied,
+                "applied migrations"
+            );
+            troupe::startup::warn_unknown_migrations(&migrated.unknown);
         }
         MigrateAction::Revert => {
             let reverted = migrations::revert_last(url)?;

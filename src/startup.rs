@@ -20,7 +20,7 @@ use crate::actors::{
     RestartPolicy, StoreStats, UserDb, UserStore, WorkerPool, WorkerStats, WriteBatcher,
 };
 use crate::config::Settings;
-use crate::db::migrations::{self, MigrationError, MigrationStatus};
+use crate::db::migrations::{self, MigrationError};
 use crate::db::{DatabaseUrl, DbPool, PoolSettings};
 use crate::http::{self, AppState};
 use crate::metrics::{self, Metrics, Sources};
@@ -134,28 +134,14 @@ async fn start_writer(
 /// Warns when the database records migrations that this binary does not
 /// contain, as after a newer troupe migrated it. troupe still starts, so
 /// that an older instance keeps serving during a rolling update.
-fn warn_unknown_migrations(statuses: Result<Vec<MigrationStatus>, MigrationError>) {
-    match statuses {
-        Ok(statuses) => {
-            let unknown: Vec<String> = statuses
-                .into_iter()
-                .filter(|status| !status.embedded)
-                .map(|status| status.version)
-                .collect();
-            if !unknown.is_empty() {
-                tracing::warn!(
-                    migrations = ?unknown,
-                    "the database has applied migrations that this troupe does not contain, \
-                     as after a newer version migrated it; check that this version works with \
-                     that schema"
-                );
-            }
-        }
-        Err(error) => tracing::warn!(
-            error = %error,
-            "reading the applied migrations failed, so migrations unknown to this troupe \
-             were not checked"
-        ),
+pub fn warn_unknown_migrations(unknown: &[String]) {
+    if !unknown.is_empty() {
+        tracing::warn!(
+            migrations = ?unknown,
+            "the database has applied migrations that this troupe does not contain, \
+             as after a newer version migrated it; check that this version works with \
+             that schema"
+        );
     }
 }
 
@@ -247,12 +233,11 @@ impl Application {
             source,
         })?;
 
-        let applied = web::block(move || migrations::run_pending(&url)).await??;
-        if !applied.is_empty() {
-            tracing::info!(migrations = ?applied, "applied migrations");
+        let migrated = web::block(move || migrations::run_pending(&url)).await??;
+        if !migrated.applied.is_empty() {
+            tracing::info!(migrations = ?migrated.applied, "applied migrations");
         }
-        let url = settings.database_url.clone();
-        warn_unknown_migrations(web::block(move || migrations::status(&url)).await?);
+        warn_unknown_migrations(&migrated.unknown);
 
         let url = settings.database_url.clone();
         let pool_settings = settings.pool.clone();

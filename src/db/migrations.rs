@@ -122,19 +122,37 @@ fn with_pg_lock<T>(
     result
 }
 
-/// Applies every pending migration and returns the versions applied.
-pub fn run_pending(url: &DatabaseUrl) -> Result<Vec<String>, MigrationError> {
-    let applied = match establish(url, Access::Apply)? {
-        MigrationConn::Pg(mut conn) => with_pg_lock(&mut conn, |conn| {
+/// The outcome of `run_pending`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migrated {
+    /// The versions this run applied.
+    pub applied: Vec<String>,
+    /// Versions recorded as applied that this binary does not embed, as
+    /// after a newer troupe migrated the database.
+    pub unknown: Vec<String>,
+}
+
+/// Applies every pending migration, then reads on the same connection which
+/// recorded versions this binary does not embed.
+pub fn run_pending(url: &DatabaseUrl) -> Result<Migrated, MigrationError> {
+    let mut conn = establish(url, Access::Apply)?;
+    let applied = match &mut conn {
+        MigrationConn::Pg(conn) => with_pg_lock(conn, |conn| {
             let versions = conn.run_pending_migrations(POSTGRES)?;
             Ok(versions.iter().map(ToString::to_string).collect())
         }),
-        MigrationConn::Sqlite(mut conn) => with_sqlite_lock(&mut conn, |conn| {
+        MigrationConn::Sqlite(conn) => with_sqlite_lock(conn, |conn| {
             let versions = conn.run_pending_migrations(SQLITE)?;
             Ok(versions.iter().map(ToString::to_string).collect())
         }),
     };
-    applied.map_err(MigrationError::new("applying migrations"))
+    let applied = applied.map_err(MigrationError::new("applying migrations"))?;
+    let unknown = read_statuses(&mut conn)?
+        .into_iter()
+        .filter(|status| !status.embedded)
+        .map(|status| status.version)
+        .collect();
+    Ok(Migrated { applied, unknown })
 }
 
 /// Reverts the most recently applied migration and returns its version.
@@ -155,8 +173,12 @@ pub fn revert_last(url: &DatabaseUrl) -> Result<String, MigrationError> {
 /// only reads, so an SQLite file that does not exist is an error, and a database
 /// without the migrations table has none applied.
 pub fn status(url: &DatabaseUrl) -> Result<Vec<MigrationStatus>, MigrationError> {
-    let mut conn = establish(url, Access::Inspect)?;
-    let applied = recorded_versions(&mut conn)
+    read_statuses(&mut establish(url, Access::Inspect)?)
+}
+
+/// Reads the status of every migration on `conn`, as `status` lists it.
+fn read_statuses(conn: &mut MigrationConn) -> Result<Vec<MigrationStatus>, MigrationError> {
+    let applied = recorded_versions(conn)
         .map_err(|e| MigrationError::new("reading migration status")(Box::new(e)))?;
     let statuses = match conn {
         MigrationConn::Pg(_) => statuses::<Pg>(POSTGRES, &applied),

@@ -168,7 +168,7 @@ async fn up_down_up_keeps_data(backend: Backend) {
     raw.execute("INSERT INTO keep_me (id, note) VALUES (1, 'kept')")
         .unwrap();
 
-    let applied = migrations::run_pending(&db.url).unwrap();
+    let applied = migrations::run_pending(&db.url).unwrap().applied;
     let after_up = migrations::status(&db.url).unwrap();
     let users_after_up = raw.has_table("users");
     let note_after_up = raw.kept_note();
@@ -181,7 +181,7 @@ async fn up_down_up_keeps_data(backend: Backend) {
     let users_after_down = raw.has_table("users");
     let note_after_down = raw.kept_note();
 
-    let reapplied = migrations::run_pending(&db.url).unwrap();
+    let reapplied = migrations::run_pending(&db.url).unwrap().applied;
     let after_reapply = migrations::status(&db.url).unwrap();
     let users_after_reapply = raw.has_table("users");
     let note_after_reapply = raw.kept_note();
@@ -241,7 +241,7 @@ async fn down_reverses_up(backend: Backend) {
     let mut raw = Raw::connect(&db.url);
     let before = raw.schema_objects();
 
-    let applied = migrations::run_pending(&db.url).unwrap();
+    let applied = migrations::run_pending(&db.url).unwrap().applied;
     let mut snapshots = vec![raw.schema_objects()];
     for _ in &applied {
         migrations::revert_last(&db.url).unwrap();
@@ -509,7 +509,10 @@ async fn concurrent_runs_apply_once(backend: Backend) {
     for (i, result) in results.iter().enumerate() {
         assert!(result.is_ok(), "run {i} succeeds: {result:?}");
     }
-    let mut applied: Vec<String> = results.into_iter().flat_map(Result::unwrap).collect();
+    let mut applied: Vec<String> = results
+        .into_iter()
+        .flat_map(|result| result.unwrap().applied)
+        .collect();
     applied.sort();
     assert_eq!(
         applied,
