@@ -521,8 +521,8 @@ fn cli_sqlite_uri_needs_wal_and_existing_file() {
 /// the database, so nothing is left behind.
 #[test]
 fn cli_busy_port_fails_before_database() {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = taken.local_addr().unwrap().to_string();
+    let occupant = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = occupant.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("never.db");
 

@@ -713,7 +713,7 @@ async fn expired_requests_are_skipped() {
     app.stop().await;
 }
 
-/// Another session takes the email that a PUT asks for and, before it
+/// Another session takes the email that a PUT requests and, before it
 /// commits, waits for the user that the PUT has locked: a deadlock over the
 /// unique email index that row locks taken in order cannot prevent.
 /// PostgreSQL rolls back the PUT's statement, which used to answer 503
@@ -746,7 +746,7 @@ async fn postgres_deadlock_runs_write_again() {
     );
     let put = tokio::spawn(async move { put.send().await });
 
-    // The PUT holds the second user and waits on the session's email.
+    // The PUT has locked the second user and waits on the session's email.
     let mut watcher = diesel::PgConnection::establish(&url).unwrap();
     let waiting = "SELECT count(*) FROM pg_stat_activity \
          WHERE datname = current_database() AND wait_event_type = 'Lock'";
@@ -775,14 +775,7 @@ async fn postgres_deadlock_runs_write_again() {
     let response = put.await.unwrap().unwrap();
     let body = problem(response, 409).await;
     assert_eq!(body["code"], "email_taken");
-    let stored: Value = app
-        .get(&format!("/api/v1/users/{second}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stored = app.get_json(&format!("/api/v1/users/{second}")).await;
     assert_eq!(
         stored["email"], "second@example.com",
         "the PUT changed nothing"

@@ -209,14 +209,7 @@ async fn nested_duplicate_keys_are_422(backend: Backend) {
         assert_eq!(problem["errors"][0]["field"], field, "{body}");
         assert_eq!(problem["errors"][0]["code"], code, "{body}");
     }
-    let listed: Value = app
-        .get("/api/v1/users?email=dup@example.com")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = app.get_json("/api/v1/users?email=dup@example.com").await;
     assert_eq!(listed["total"], 0, "no rejected body created a user");
     app.stop().await;
 }

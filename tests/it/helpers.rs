@@ -240,6 +240,13 @@ impl TestApp {
         response.json().await.expect("post JSON")
     }
 
+    /// Sends `GET path`, checks that it succeeds and returns the JSON body.
+    pub async fn get_json(&self, path: &str) -> Value {
+        let response = self.get(path).send().await.expect("send GET");
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json().await.expect("response JSON")
+    }
+
     /// Stops the service and waits for its thread.
     pub async fn stop(mut self) {
         self.stop.stop(true).await;
